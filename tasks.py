@@ -1,0 +1,195 @@
+"""invoke tasks: parse flags, call torchimages, print, and exit with a message instead of a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, Context, Exit, task
+
+from torchimages import matrix as matrix_mod
+from torchimages.config import ConfigError
+from torchimages.engine import EngineError
+from torchimages.wheels import WheelError
+
+ROOT = Path(__file__).resolve().parent
+FIXTURE = "tests/fixtures/images.yaml"
+FILTER_HELP = {
+    "config": "matrix file (default: images.yaml)",
+    "cuda": "only images for this CUDA version, or 'cpu' (repeatable)",
+    "torch": "only this torch release, e.g. 2.11.0 or 2.11 (repeatable)",
+    "python": "only this python, e.g. 3.11 (repeatable)",
+    "flavour": "only this flavour: runtime, devel or cpu (repeatable)",
+}
+
+
+@contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Every expected failure ends as one message and exit 1, never a traceback."""
+    from torchimages.render import RenderError
+    from torchimages.testenv import TestEnvError
+    from torchimages.verify import VerifyError
+
+    try:
+        yield
+    except ConfigError as exc:
+        count = len(exc.problems)
+        raise Exit(f"{exc}\n{count} problem{'s' * (count != 1)} found; nothing was built.", code=1) from None
+    except (EngineError, WheelError, VerifyError, RenderError, TestEnvError) as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+
+
+def _load(config: str) -> matrix_mod.Matrix:
+    return matrix_mod.load_matrix(config)
+
+
+def _select(matrix: matrix_mod.Matrix, cuda: list[str], torch: list[str], python: list[str], flavour: list[str]) -> list[Any]:
+    filters = matrix_mod.Filters(cuda=tuple(cuda), torch=tuple(torch), python=tuple(python), flavour=tuple(flavour))
+    selected = [spec for spec in matrix.images if filters.select(spec)]
+    if not selected:
+        raise Exit(f"no image in {matrix.file} matches the filters {filters}", code=1)
+    return selected
+
+
+@task(
+    help={
+        **FILTER_HELP,
+        "jobs": "images built at the same time (default 1)",
+        "push": "push release tags to the target registry after verification",
+        "gpus": "GPUs for verification: auto (when the engine has the nvidia runtime), all, none",
+        "rebuild": "build even when a verified image with the same inputs exists",
+        "out_dir": "where report.json, report.md and logs/ go (default: build)",
+    },
+    iterable=["cuda", "torch", "python", "flavour"],
+)
+def build(
+    c: Context,
+    config: str = "images.yaml",
+    cuda: list[str] | None = None,
+    torch: list[str] | None = None,
+    python: list[str] | None = None,
+    flavour: list[str] | None = None,
+    jobs: int = 1,
+    push: bool = False,
+    gpus: str = "auto",
+    rebuild: bool = False,
+    out_dir: str = "build",
+) -> None:
+    """Render, build, verify, tag (and push) every matching image of the matrix."""
+    from torchimages.pipeline import BuildOptions, build_images
+
+    if gpus not in ("auto", "all", "none"):
+        raise Exit(f"--gpus must be auto, all or none, not {gpus!r}", code=2)
+    if jobs < 1:
+        raise Exit(f"--jobs must be at least 1, not {jobs}", code=2)
+    with _clean_errors():
+        matrix = _load(config)
+        specs = _select(matrix, cuda or [], torch or [], python or [], flavour or [])
+        options = BuildOptions(push=push, jobs=jobs, gpus=gpus, rebuild=rebuild, out_dir=Path(out_dir).resolve())
+        results = build_images(matrix, specs, options)
+    print(Path(out_dir, "report.md").read_text())
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise Exit(f"{len(failed)} of {len(results)} images failed: " + ", ".join(r.spec.name for r in failed), code=1)
+
+
+@task(
+    help={
+        "image": "image reference or ID to check",
+        "gpus": "auto (when the engine has the nvidia runtime), all, none",
+        "json": "print torch-verify's JSON instead of a table",
+    }
+)
+def verify(c: Context, image: str, gpus: str = "auto", json: bool = False) -> None:
+    """Run torch-verify inside an image and show what it found."""
+    from torchimages.engine import Engine
+    from torchimages.verify import gpus_wanted, run_verify
+
+    if gpus not in ("auto", "all", "none"):
+        raise Exit(f"--gpus must be auto, all or none, not {gpus!r}", code=2)
+    with _clean_errors():
+        engine = Engine()
+        if engine.image(image) is None:
+            engine.pull(image)
+        report = run_verify(engine, image, gpus=gpus_wanted(engine, gpus))
+    if json:
+        print(report.output.strip())
+    else:
+        width = max((len(c.name) for c in report.checks), default=10)
+        for check in report.checks:
+            print(f"{check.name:<{width}}  {check.status.upper():<4}  {check.detail}")
+        print(f"\n{image}: {'verified' if report.ok else 'FAILED'}")
+    if not report.ok:
+        raise Exit(code=1)
+
+
+@task(
+    help={**FILTER_HELP, "format": "table, json, or github (a GitHub Actions matrix)"},
+    iterable=["cuda", "torch", "python", "flavour"],
+)
+def matrix(
+    c: Context,
+    config: str = "images.yaml",
+    cuda: list[str] | None = None,
+    torch: list[str] | None = None,
+    python: list[str] | None = None,
+    flavour: list[str] | None = None,
+    format: str = "table",  # noqa: A002 - the flag is --format
+) -> None:
+    """Show the images the matrix defines, which wheel each gets, and why."""
+    from torchimages.listing import format_matrix
+
+    if format not in ("table", "json", "github"):
+        raise Exit(f"--format must be table, json or github, not {format!r}", code=2)
+    with _clean_errors():
+        loaded = _load(config)
+        specs = _select(loaded, cuda or [], torch or [], python or [], flavour or [])
+    print(format_matrix(specs, format, config=config))
+
+
+@task(help={"config": "matrix file (default: images.yaml)", "check": "fail if any rendered Dockerfile is stale"})
+def render(c: Context, config: str = "images.yaml", check: bool = False) -> None:
+    """Render every entry to dockerfiles/generated/<image>/Dockerfile."""
+    from torchimages.render import sync_generated
+
+    with _clean_errors():
+        loaded = matrix_mod.load_matrix(config, use_environment=False)  # the checked-in files follow the file alone
+        stale = sync_generated([*loaded.images, *loaded.deprecated], wheel_port=loaded.wheel_port, check=check)
+    if check and stale:
+        raise Exit("stale rendered Dockerfiles (run `invoke render`):\n  " + "\n  ".join(stale), code=1)
+    print(
+        f"{'checked' if check else 'rendered'} {len(loaded.images) + len(loaded.deprecated)} Dockerfiles"
+        + (f", {len(stale)} changed" if stale else "")
+    )
+
+
+@task(help={"config": f"matrix whose bases to provide (default: {FIXTURE})"})
+def testenv(c: Context, config: str = FIXTURE) -> None:
+    """Start a Docker engine and a loopback registry, and push stand-in CUDA bases (idempotent)."""
+    from torchimages import testenv as env
+
+    with _clean_errors():
+        loaded = _load(config)
+        env.setup([*loaded.images, *loaded.deprecated])
+    print(f"testenv ready: engine up, registry {env.REGISTRY}, stand-ins under {env.MIRROR}")
+
+
+@task(help={"unit": "only the unit tests (no Docker engine needed)", "k": "pytest -k expression"})
+def test(c: Context, unit: bool = False, k: str = "") -> None:
+    """Set up the test environment and run the whole test suite."""
+    render(c, config="images.yaml", check=True)
+    render(c, config=FIXTURE, check=True)
+    if not unit:
+        testenv(c)
+    targets = ["tests/unit"] if unit else ["tests/unit", "tests/integration"]
+    extra = ["-k", k] if k else []
+    code = subprocess.call([sys.executable, "-m", "pytest", "-ra", *targets, *extra], cwd=ROOT)
+    if code != 0:
+        raise Exit(f"tests failed (pytest exit {code})", code=code)
+
+
+ns = Collection(build, verify, matrix, render, testenv, test)

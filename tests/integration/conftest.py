@@ -1,0 +1,60 @@
+"""The integration tier: a real engine, the loopback registry, real images built from the test matrix."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from torchimages import testenv
+from torchimages.engine import Engine
+from torchimages.matrix import Matrix, load_matrix
+from torchimages.model import BuildResult
+from torchimages.pipeline import BuildOptions, build_images
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "images.yaml"
+
+
+@pytest.fixture(scope="session")
+def fixture_matrix() -> Matrix:
+    return load_matrix(FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def engine(fixture_matrix: Matrix) -> Engine:
+    """`invoke testenv` has normally run already; this makes the tier self-sufficient and is quick when it has."""
+    return testenv.setup([*fixture_matrix.images], say=lambda line: print(line))
+
+
+@pytest.fixture(scope="session")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("build")
+
+
+@pytest.fixture(scope="session")
+def built(engine: Engine, fixture_matrix: Matrix, build_dir: Path) -> list[BuildResult]:
+    """The whole test matrix built, verified and pushed once per session."""
+    return build_images(fixture_matrix, list(fixture_matrix.images), BuildOptions(push=True, out_dir=build_dir), engine=engine)
+
+
+@pytest.fixture(scope="session")
+def report(built: list[BuildResult], build_dir: Path) -> dict:
+    return json.loads((build_dir / "report.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def cpu_image(built: list[BuildResult]) -> str:
+    """The pushed full tag of the CPU image (small: used for service tests)."""
+    result = next(r for r in built if r.spec.cuda is None)
+    assert result.status != "failed", result.error
+    return result.pushed[0].ref
+
+
+@pytest.fixture()
+def cleanup_refs(engine: Engine) -> Iterator[list[str]]:
+    refs: list[str] = []
+    yield refs
+    for ref in refs:
+        engine.remove_image(ref, force=True)

@@ -1,0 +1,76 @@
+"""Bad entries fail alone, with a clear message, and leave nothing tagged or pushed; a dead registry fails the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from torchimages.engine import Engine
+from torchimages.model import BuildResult
+from torchimages.testenv import in_registry
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
+
+
+def _matrix(tmp_path: Path, *, registry: str, repository: str, images: list[dict]) -> Path:
+    data = yaml.safe_load(FIXTURE.read_text())
+    data["target"] = {"registry": registry, "repository": repository}
+    data["images"] = images
+    path = tmp_path / "images.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False
+    )
+
+
+def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(
+    engine: Engine, built: list[BuildResult], tmp_path: Path
+) -> None:
+    fixture = yaml.safe_load(FIXTURE.read_text())["images"]
+    cpu, cuda = fixture[0], fixture[1]
+    images = [
+        {**cpu, "packages": ["torch-images-no-such-package==0.0.1"]},  # fails while fetching wheels
+        {**cuda, "flavours": ["devel"], "apt_packages": ["torch-images-no-such-package"]},  # fails inside the build
+        {**cuda, "flavours": ["runtime"]},  # builds (reusing the verified image of the session build)
+    ]
+    config = _matrix(tmp_path, registry="127.0.0.1:5000", repository="torch-images-test/failures", images=images)
+    out = tmp_path / "out"
+    done = _invoke("build", "--config", str(config), "--push", "--out-dir", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "2 of 3 images failed" in done.stderr
+    records = {r["name"]: r for r in json.loads((out / "report.json").read_text())["images"]}
+    bad_pip, bad_apt, good = (records[name] for name in sorted(records, key=lambda n: ("cpu" not in n, "runtime" in n)))
+    assert bad_pip["status"] == "failed" and "torch-images-no-such-package" in bad_pip["error"]
+    assert bad_apt["status"] == "failed" and "step 4/" in bad_apt["error"], bad_apt["error"]
+    assert "torch-images-no-such-package" in bad_apt["error"]
+    assert good["status"] in ("built", "unchanged") and good["pushed"], good
+    for record in (bad_pip, bad_apt):
+        assert record["pushed"] == [] and record["verified"] is False
+        tags = [f"127.0.0.1:5000/torch-images-test/failures:{t}" for t in (record["name"],)]
+        for ref in tags:
+            assert engine.image(ref) is None, f"{ref} is tagged locally"
+            assert not in_registry(ref), f"{ref} was pushed"
+
+
+def test_push_to_a_stopped_registry_exits_non_zero_with_a_clear_message(built: list[BuildResult], tmp_path: Path) -> None:
+    fixture = yaml.safe_load(FIXTURE.read_text())["images"]
+    config = _matrix(tmp_path, registry="127.0.0.1:5999", repository="torch-images-test/nowhere", images=[fixture[0]])
+    done = _invoke("build", "--config", str(config), "--push", "--out-dir", str(tmp_path / "out"))
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output
+    assert "push of 127.0.0.1:5999/torch-images-test/nowhere" in output
+    record = json.loads((tmp_path / "out" / "report.json").read_text())["images"][0]
+    assert record["status"] == "failed" and record["pushed"] == []

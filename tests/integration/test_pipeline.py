@@ -1,0 +1,114 @@
+"""Build the test matrix for real, verify inside the images, push, pull back by digest, verify again."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from torchimages.engine import Engine
+from torchimages.model import BuildResult
+from torchimages.testenv import REGISTRY
+from torchimages.verify import run_verify
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_image_is_verified_and_pushed_with_a_digest(report: dict, fixture_matrix) -> None:
+    assert sorted(i["name"] for i in report["images"]) == sorted(s.name for s in fixture_matrix.images)
+    for image in report["images"]:
+        assert image["status"] in ("built", "unchanged"), image["error"]
+        assert image["verified"] is True
+        assert image["error"] is None
+        refs = [p["ref"] for p in image["pushed"]]
+        assert refs == image["tags"] and len(refs) >= 2
+        digests = {p["digest"] for p in image["pushed"]}
+        assert len(digests) == 1 and next(iter(digests)).startswith("sha256:"), digests
+
+
+def test_the_registry_serves_the_recorded_digest(report: dict) -> None:
+    for image in report["images"]:
+        for pushed in image["pushed"]:
+            name, tag = pushed["ref"].removeprefix(f"{REGISTRY}/").rsplit(":", 1)
+            request = urllib.request.Request(
+                f"http://{REGISTRY}/v2/{name}/manifests/{tag}",
+                method="HEAD",
+                headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.headers["Docker-Content-Digest"] == pushed["digest"]
+
+
+def test_labels_carry_what_verification_saw(engine: Engine, built: list[BuildResult]) -> None:
+    for result in built:
+        info = engine.image(result.tags[0])
+        assert info is not None
+        seen = result.verify
+        labels = info.labels
+        assert labels["org.torch-images.verified"] == "true"
+        assert labels["org.opencontainers.image.created"]
+        if seen is not None:  # an unchanged image keeps the labels of the run that verified it
+            assert labels["org.torch-images.torch"] == seen.torch
+            assert labels["org.torch-images.cudnn"] == (seen.cudnn or "none")
+        if result.spec.cuda is None:
+            assert labels["org.torch-images.torch"].endswith("+cpu")
+            assert labels["org.torch-images.cuda"] == "none"
+        else:
+            assert labels["org.torch-images.cuda"] == result.spec.wheel_cuda
+            assert labels["org.torch-images.cudnn"].split(".")[0] == result.spec.cudnn
+            assert labels["org.torch-images.base-cuda"] == result.spec.cuda
+
+
+def test_a_cpu_promise_fails_inside_a_cuda_image_and_vice_versa(engine: Engine, built: list[BuildResult]) -> None:
+    for result in built:
+        flipped = "13.0" if result.spec.cuda is None else "none"
+        outcome = engine.run(result.tags[0], ["torch-verify", "--expect-cuda", flipped], timeout=300)
+        assert outcome.exit_code == 1, outcome.output
+        assert "FAIL" in outcome.output
+
+
+def test_devel_image_compiles_with_nvcc_and_runtime_has_no_second_cuda(engine: Engine, built: list[BuildResult]) -> None:
+    for result in built:
+        if result.spec.flavour == "devel":
+            outcome = engine.run(result.tags[0], ["nvcc", "-V"], timeout=60)
+            assert outcome.exit_code == 0 and f"release {result.spec.cuda}" in outcome.output, outcome.output
+        if result.spec.flavour == "runtime":
+            # Torch wheels bring their own cuDNN and cuBLAS; the base must not carry a second copy.
+            find = ["sh", "-c", "find / -xdev \\( -name 'libcudnn*.so*' -o -name 'libcublas*.so*' \\) -not -path '/opt/venv/*'"]
+            outcome = engine.run(result.tags[0], find, timeout=120)
+            assert outcome.exit_code == 0 and outcome.output.strip() == "", outcome.output
+
+
+def test_images_run_as_non_root_and_as_any_user(engine: Engine, cpu_image: str) -> None:
+    whoami = engine.run(cpu_image, ["sh", "-c", "id -u; pwd"], timeout=60)
+    assert whoami.output.split() == ["1000", "/workspace"]
+    probe = (
+        "import getpass, pathlib, torch; home = pathlib.Path.home(); (home / 'probe').write_text('ok'); "
+        "print(getpass.getuser(), home, torch.ones(2).sum().item())"
+    )
+    outcome = engine.run(cpu_image, ["python", "-c", probe], user="4242:4242", timeout=120)
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.output.split() == ["researcher", "/home/researcher", "2.0"]
+
+
+def test_no_package_caches_are_left_in_the_image(engine: Engine, built: list[BuildResult]) -> None:
+    dirs = "/root/.cache /home/researcher/.cache /var/lib/apt/lists /var/cache/apt/archives"
+    script = f"ls -A {dirs} 2>/dev/null | grep -v -e '^/' -e '^$' -e '^partial$' -e '^lock$' || true"
+    for result in built:
+        outcome = engine.run(result.tags[0], ["sh", "-c", script], user="0:0", timeout=60)
+        assert outcome.output.strip() == "", f"{result.spec.name}: {outcome.output}"
+
+
+def test_pull_back_by_digest_and_verify_again(engine: Engine, built: list[BuildResult]) -> None:
+    for result in built:
+        digest_ref = f"{result.spec.repository}@{result.pushed[0].digest}"
+        for ref in result.tags:
+            engine.remove_image(ref)
+        engine.remove_image(result.image_id, force=True)
+        assert engine.image(result.tags[0]) is None
+        engine.pull(digest_ref)
+        report = run_verify(engine, digest_ref, gpus=False)
+        assert report.ok, [f"{c.name}: {c.detail}" for c in report.failures]
+        assert report.torch is not None and report.torch.split("+")[0] == result.spec.torch
+        for ref in result.tags:  # put the tags back for the tests that follow
+            engine.pull(ref)

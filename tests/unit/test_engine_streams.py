@@ -1,0 +1,89 @@
+"""engine.py turns errors inside Docker's JSON streams into exceptions (docker-py does not)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from torchimages.engine import BuildError, Engine, PushError, split_ref
+
+
+class FakeApi:
+    """Stands in for docker.APIClient: replays recorded stream chunks."""
+
+    def __init__(self, build: list[dict] | None = None, push: list[dict] | None = None) -> None:
+        self._build, self._push = build or [], push or []
+
+    def build(self, **_: Any) -> Iterator[dict]:
+        yield from self._build
+
+    def push(self, *_: Any, **__: Any) -> Iterator[dict]:
+        yield from self._push
+
+
+def engine_with(api: FakeApi) -> Engine:
+    engine = Engine.__new__(Engine)
+    engine._api = api  # type: ignore[assignment]
+    return engine
+
+
+def test_build_error_names_the_step_and_the_message() -> None:
+    stream = [
+        {"stream": "Step 1/3 : FROM debian\n"},
+        {"stream": "Step 2/3 : RUN apt-get install nope\n"},
+        {"stream": "E: Unable to locate package nope\n"},
+        {"errorDetail": {"code": 100, "message": "The command '/bin/sh -c apt-get install nope' returned a non-zero code: 100"},
+         "error": "The command '/bin/sh -c apt-get install nope' returned a non-zero code: 100"},
+    ]  # fmt: skip
+    log = io.StringIO()
+    with pytest.raises(BuildError) as caught:
+        engine_with(FakeApi(build=stream)).build(b"", log=log)
+    assert caught.value.step == "step 2/3: RUN apt-get install nope"
+    assert "non-zero code: 100" in str(caught.value) and "(at step 2/3" in str(caught.value)
+    assert "Unable to locate package nope" in caught.value.tail
+    assert "Unable to locate package" in log.getvalue()
+
+
+def test_build_reports_the_image_id_and_each_step() -> None:
+    stream = [{"stream": "Step 1/1 : FROM debian\n"}, {"aux": {"ID": "sha256:abc"}}, {"stream": "Successfully built abc\n"}]
+    steps: list[str] = []
+    image_id = engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO(), on_step=steps.append)
+    assert image_id == "sha256:abc" and steps == ["step 1/1: FROM debian"]
+
+
+def test_a_build_that_reports_no_image_fails() -> None:
+    with pytest.raises(BuildError, match="without reporting an image ID"):
+        engine_with(FakeApi(build=[{"stream": "Step 1/1 : FROM x\n"}])).build(b"", log=io.StringIO())
+
+
+def test_push_error_in_stream_raises_and_classifies_transient() -> None:
+    refused = [{"status": "Preparing"}, {"errorDetail": {"message": "dial tcp 127.0.0.1:5999: connect: connection refused"},
+                                         "error": "dial tcp 127.0.0.1:5999: connect: connection refused"}]  # fmt: skip
+    with pytest.raises(PushError) as caught:
+        engine_with(FakeApi(push=refused)).push("127.0.0.1:5999/a/b:t")
+    assert caught.value.transient and "127.0.0.1:5999/a/b:t" in str(caught.value)
+    denied = [{"error": "denied: requested access to the resource is denied"}]
+    with pytest.raises(PushError) as caught:
+        engine_with(FakeApi(push=denied)).push("r/a:t")
+    assert not caught.value.transient
+
+
+def test_push_returns_the_digest_from_the_stream() -> None:
+    stream = [{"status": "Pushed"}, {"aux": {"Tag": "t", "Digest": "sha256:123", "Size": 1}}]
+    assert engine_with(FakeApi(push=stream)).push("r/a:t") == "sha256:123"
+
+
+@pytest.mark.parametrize(
+    ("ref", "split"),
+    [
+        ("127.0.0.1:5000/a/b:tag", ("127.0.0.1:5000/a/b", "tag")),
+        ("127.0.0.1:5000/a/b", ("127.0.0.1:5000/a/b", None)),
+        ("a/b@sha256:ff", ("a/b", "sha256:ff")),
+        ("nvidia/cuda:13.0.3-base-ubuntu24.04", ("nvidia/cuda", "13.0.3-base-ubuntu24.04")),
+    ],
+)
+def test_split_ref(ref: str, split: tuple[str, str | None]) -> None:
+    assert split_ref(ref) == split

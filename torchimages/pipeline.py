@@ -1,0 +1,162 @@
+"""Orchestration: render, fetch wheels once, then build → verify → tag → push each image; reports."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .engine import Engine, EngineError
+from .matrix import Matrix
+from .model import BuildResult, ImageSpec
+from .publish import push_refs, tag_image
+from .render import ROOT, RenderError, context_files, context_tar, dockerfile_quote, render_dockerfile
+from .report import write_reports
+from .verify import VerifyError, gpus_wanted, promise_problems, run_verify, verified_labels
+from .wheels import WheelError, WheelServer, WheelSet, fetch_wheels
+
+BUILD_HASH_LABEL = "org.torch-images.build-hash"
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """How a build run behaves."""
+
+    push: bool = False
+    jobs: int = 1
+    gpus: str = "auto"  # auto | all | none
+    rebuild: bool = False  # ignore an existing verified image with the same build hash
+    out_dir: Path = ROOT / "build"
+    wheelhouse: Path = ROOT / "build" / "wheelhouse"  # shared across runs: a wheel already there is not fetched again
+
+
+class _Console:
+    """One line per step, never interleaved mid-line between parallel builds."""
+
+    def __init__(self, say: Say) -> None:
+        self._say = say
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, message: str) -> None:
+        with self._lock:
+            self._say(f"[{name}] {message}")
+
+
+def build_images(
+    matrix: Matrix, specs: Sequence[ImageSpec], options: BuildOptions, *, say: Say = print, engine: Engine | None = None
+) -> list[BuildResult]:
+    """Run every selected image through the pipeline; one image's failure does not stop the others."""
+    engine = engine or Engine()
+    console = _Console(say)
+    logs = options.out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    wheelhouse = options.wheelhouse
+    with open(logs / "wheels.log", "w") as wheel_log:
+        wheel_sets = fetch_wheels(specs, wheelhouse, log=wheel_log, say=say)
+    results: dict[str, BuildResult] = {}
+    with WheelServer(wheelhouse, matrix.wheel_port), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        futures = {
+            spec.name: pool.submit(_build_one, engine, spec, wheel_sets[spec.name], matrix, options, console, logs)
+            for spec in specs
+        }
+        for name, future in futures.items():
+            results[name] = future.result()
+    ordered = [results[spec.name] for spec in specs]
+    write_reports(ordered, options.out_dir)
+    return ordered
+
+
+def build_hash(context: bytes, base_id: str) -> str:
+    """Identifies an image's inputs: the whole build context and the exact base image."""
+    digest = hashlib.sha256(context)
+    digest.update(base_id.encode())
+    return digest.hexdigest()
+
+
+def _build_one(
+    engine: Engine,
+    spec: ImageSpec,
+    wheel_set: WheelSet | WheelError,
+    matrix: Matrix,
+    options: BuildOptions,
+    console: _Console,
+    logs: Path,
+) -> BuildResult:
+    started = time.monotonic()
+    log_path = logs / f"{spec.name}.log"
+
+    def failed(message: str, **extra: object) -> BuildResult:
+        console(spec.name, f"FAILED: {message} (log: {log_path})")
+        return BuildResult(spec=spec, status="failed", error=message, seconds=time.monotonic() - started, **extra)  # type: ignore[arg-type]
+
+    if isinstance(wheel_set, WheelError):
+        log_path.write_text(f"{wheel_set}\nsee {logs / 'wheels.log'}\n")
+        return failed(str(wheel_set))
+    with open(log_path, "w") as log:
+        try:
+            dockerfile = render_dockerfile(spec, wheel_port=matrix.wheel_port)
+            context = context_tar(context_files(spec, dockerfile=dockerfile, requirements=wheel_set.lock))
+            base = engine.image(spec.base_image)
+            if base is None:
+                console(spec.name, f"pulling base {spec.base_image}")
+                engine.pull(spec.base_image, log=log)
+                base = engine.image(spec.base_image)
+            assert base is not None
+            inputs = build_hash(context, base.id)
+            image_id = None if options.rebuild else _existing(engine, inputs)
+            if image_id is not None:
+                console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
+                status = "unchanged"
+                report = None
+            else:
+                console(spec.name, "building")
+                built = engine.build(
+                    context, log=log, labels={BUILD_HASH_LABEL: inputs}, on_step=lambda step: console(spec.name, step)
+                )
+                console(spec.name, "verifying (torch-verify inside the image)")
+                report = run_verify(engine, built, gpus=gpus_wanted(engine, options.gpus))
+                log.write("\n--- torch-verify ---\n" + report.output + "\n")
+                problems = [f"{c.name}: {c.detail}" for c in report.failures] + promise_problems(spec, report)
+                if problems or not report.ok:
+                    return failed("verification failed: " + "; ".join(problems or ["torch-verify reported failure"]),
+                                  image_id=built, verify=report)  # fmt: skip
+                image_id = _finalize(engine, built, report, log)
+                status = "built"
+            tag_image(engine, image_id, spec.refs)
+            console(spec.name, "tagged " + ", ".join(spec.tags))
+            pushed = ()
+            if options.push:
+                console(spec.name, f"pushing to {spec.repository}")
+                pushed = push_refs(engine, spec.refs, log=log)
+                console(spec.name, "pushed " + ", ".join(f"{p.ref}@{p.digest[:19]}" for p in pushed))
+            info = engine.image(image_id)
+            return BuildResult(
+                spec=spec, status=status, image_id=image_id, verified=True, verify=report, tags=spec.refs,
+                pushed=pushed, size=info.size if info else None, seconds=time.monotonic() - started,
+            )  # fmt: skip
+        except (EngineError, VerifyError, RenderError) as exc:
+            log.write(f"\nERROR: {exc}\n")
+            tail = getattr(exc, "tail", "")
+            return failed(str(exc) + (f"\n{tail}" if tail else ""))
+
+
+def _existing(engine: Engine, inputs: str) -> str | None:
+    """A verified image built from exactly these inputs, if the engine still has one."""
+    for info in engine.images_with_label(BUILD_HASH_LABEL, inputs):
+        if info.labels.get("org.torch-images.verified") == "true":
+            return info.id
+    return None
+
+
+def _finalize(engine: Engine, built: str, report: object, log: object) -> str:
+    """Add labels that record what verification saw (a metadata-only layer on the verified image)."""
+    labels = verified_labels(report)  # type: ignore[arg-type]
+    labels["org.opencontainers.image.created"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines = [f"FROM {built}"] + [f"LABEL {key}={dockerfile_quote(value)}" for key, value in sorted(labels.items())]
+    return engine.build(context_tar({"Dockerfile": ("\n".join(lines) + "\n").encode()}), log=log)  # type: ignore[arg-type]

@@ -1,0 +1,50 @@
+"""Release tags and pushes: check, act, re-check; retry only what is transient."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from .engine import Engine, PushError
+from .model import PushResult
+
+RETRIES = 3
+
+
+def tag_image(engine: Engine, image_id: str, refs: tuple[str, ...]) -> None:
+    """Point every release reference at the verified image."""
+    for ref in refs:
+        engine.tag(image_id, ref)
+
+
+def push_refs(
+    engine: Engine,
+    refs: tuple[str, ...],
+    *,
+    log: TextIO,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[PushResult, ...]:
+    """Push each reference; the digest is read back from the registry and must match the push's."""
+    results = []
+    for ref in refs:
+        pushed = _push_with_retries(engine, ref, log=log, sleep=sleep)
+        served = engine.remote_digest(ref)
+        if served != pushed:
+            raise PushError(f"the registry serves {served} for {ref}, but the push reported {pushed}", transient=False)
+        results.append(PushResult(ref=ref, digest=served))
+    return tuple(results)
+
+
+def _push_with_retries(engine: Engine, ref: str, *, log: TextIO, sleep: Callable[[float], None]) -> str:
+    delay = 2.0
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return engine.push(ref, log=log)
+        except PushError as exc:
+            if not exc.transient or attempt == RETRIES:
+                raise
+            log.write(f"push of {ref} failed ({exc}); retry {attempt}/{RETRIES - 1} in {delay:.0f} s\n")
+            sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")

@@ -1,0 +1,128 @@
+"""Render an ImageSpec to Dockerfile text, deterministically, and lay out its build context."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import jinja2
+
+from .model import LABEL_PREFIX, ImageSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "dockerfiles" / "templates"
+GENERATED = ROOT / "dockerfiles" / "generated"
+VERIFY_SCRIPT = ROOT / "scripts" / "verify.py"
+USER = "researcher"
+
+
+class RenderError(Exception):
+    """A template or a value could not be rendered."""
+
+
+def dockerfile_quote(value: object) -> str:
+    """Quote a value for a Dockerfile LABEL/ENV: double quotes, with \\, " and $ escaped."""
+    text = str(value)
+    if any(ch in text for ch in "\n\r\x00"):
+        raise RenderError(f"value cannot go into a Dockerfile (it has a line break or NUL): {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def expected_labels(spec: ImageSpec) -> dict[str, str]:
+    """The labels an image is built with: what the matrix promises. Verification overwrites them with what it saw."""
+    p = LABEL_PREFIX
+    labels = {
+        "org.opencontainers.image.title": "torch-images pytorch",
+        "org.opencontainers.image.description": f"PyTorch {spec.torch}, python {spec.python}, "
+        + (f"CUDA {spec.cuda} {spec.flavour}" if spec.cuda else "CPU"),
+        "org.opencontainers.image.version": spec.name,
+        "org.opencontainers.image.base.name": spec.base_upstream,
+        f"{p}.torch": spec.torch_build,
+        f"{p}.torchvision": spec.torchvision or "none",
+        f"{p}.torchaudio": spec.torchaudio or "none",
+        f"{p}.cuda": spec.wheel_cuda or "none",
+        f"{p}.base-cuda": spec.cuda or "none",
+        f"{p}.cudnn": spec.cudnn or "none",
+        f"{p}.python": spec.python,
+        f"{p}.flavour": spec.flavour,
+        f"{p}.os": spec.os,
+        f"{p}.wheel-variant": spec.wheel_variant,
+        f"{p}.packages": ",".join(spec.modules),
+    }
+    return dict(sorted(labels.items()))
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["dockerfile_quote"] = dockerfile_quote
+    return env
+
+
+def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
+    """The Dockerfile for one image; the same spec always gives the same bytes."""
+    try:
+        template = _environment().get_template("Dockerfile.j2")
+        return template.render(
+            spec=spec,
+            apt_packages=sorted(spec.apt_packages),
+            labels=sorted(expected_labels(spec).items()),
+            wheel_port=wheel_port,
+            user=USER,
+        )
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"{spec.name}: template error: {exc}") from exc
+
+
+def generated_path(spec: ImageSpec) -> Path:
+    """dockerfiles/generated/<image>/Dockerfile."""
+    return GENERATED / spec.name / "Dockerfile"
+
+
+def context_files(spec: ImageSpec, *, dockerfile: str, requirements: str) -> dict[str, bytes]:
+    """Every file of the build context, by name."""
+    return {
+        "Dockerfile": dockerfile.encode(),
+        "requirements.txt": requirements.encode(),
+        "verify.py": VERIFY_SCRIPT.read_bytes(),
+        "labels.json": (json.dumps(expected_labels(spec), indent=2, sort_keys=True) + "\n").encode(),
+    }
+
+
+def context_tar(files: Mapping[str, bytes], *, modes: Mapping[str, int] | None = None) -> bytes:
+    """A build context tar with normalised metadata, so identical files give identical bytes (and cache hits)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            data = files[name]
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = (modes or {}).get(name, 0o644)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def sync_generated(specs: list[ImageSpec], *, wheel_port: int, check: bool) -> list[str]:
+    """Write (or with check, only compare) every rendered Dockerfile; return the stale paths."""
+    stale = []
+    for spec in specs:
+        path = generated_path(spec)
+        text = render_dockerfile(spec, wheel_port=wheel_port)
+        if not path.exists() or path.read_text() != text:
+            stale.append(str(path.relative_to(ROOT)))
+            if not check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    return stale
