@@ -359,7 +359,7 @@ def guard(name: str, check: Callable[..., Record], *args: Any) -> Record:
 def run_checks(expected: dict[str, Any], require_gpu: bool) -> list[Record]:
     records = [guard("python", check_python, expected["python"])]
     try:
-        import torch
+        torch: Any = importlib.import_module("torch")
     except Exception as exc:  # a broken torch raises OSError/RuntimeError too, not just ImportError
         torch = None
         records.append(record("torch.version", "fail", f"torch failed to import: {last_line(exc)}", None))

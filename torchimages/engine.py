@@ -280,7 +280,7 @@ class Engine:
         digest: str | None = None
         try:
             for chunk in self._api.push(repository, tag=tag, stream=True, decode=True):
-                if log is not None and ("status" in chunk):
+                if log is not None and "status" in chunk and "progress" not in chunk:
                     log.write(f"{chunk.get('id', '')} {chunk['status']} {chunk.get('progress', '')}".strip() + "\n")
                 if "error" in chunk or "errorDetail" in chunk:
                     message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))
@@ -302,7 +302,7 @@ class Engine:
         repository, tag = split_ref(ref)
         try:
             for chunk in self._api.pull(repository, tag=tag, stream=True, decode=True):
-                if log is not None and "status" in chunk:
+                if log is not None and "status" in chunk and "progress" not in chunk:
                     log.write(f"{chunk.get('id', '')} {chunk['status']}".strip() + "\n")
                 if "error" in chunk or "errorDetail" in chunk:
                     message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))

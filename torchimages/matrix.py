@@ -134,16 +134,20 @@ def _expand_entry(
     table = compat_mod.load_compat()
     before = len(problems)
     _unknown_keys(doc, path, entry, ENTRY_KEYS, problems)
+    bad_keys = set()
     for key in ("torch", "cuda", "python", "os"):
         if key not in entry:
             problems.append(doc.problem(path, f"missing required field '{key}'"))
+            bad_keys.add(key)
         elif (bad := version_problem(doc, (*path, key), entry[key])) is not None:
             problems.append(bad)
+            bad_keys.add(key)
     if "deprecated" in entry and not isinstance(entry["deprecated"], bool):
         problems.append(doc.problem((*path, "deprecated"), f"must be true or false, got {scalar_kind(entry['deprecated'])}"))
-    if len(problems) > before:
-        return []
-    torch_v, cuda_v, python_v, os_v = (str(entry[k]) for k in ("torch", "cuda", "python", "os"))
+    if bad_keys - {"python"}:
+        return []  # the combination checks below need torch, cuda and os
+    torch_v, cuda_v, os_v = (str(entry[k]) for k in ("torch", "cuda", "os"))
+    python_v = None if "python" in bad_keys else str(entry["python"])
     release = table.torch.get(torch_v)
     if release is None:
         known = sorted(table.torch, key=compat_mod.version_key)
@@ -158,13 +162,13 @@ def _expand_entry(
             doc.problem((*path, "os"), f"unknown os {os_v!r}{did_you_mean(os_v, list(table.os))}; valid: {', '.join(table.os)}")
         )
         return []
-    if python_v not in release.python:
+    if python_v is not None and python_v not in release.python:
         problems.append(
             doc.problem(
                 (*path, "python"), f"torch {torch_v} has no wheels for python {python_v}; it has {', '.join(release.python)}"
             )
         )
-    if python_v != osr.python:
+    if python_v is not None and python_v != osr.python:
         problems.append(
             doc.problem(
                 (*path, "python"), f'{os_v} provides python {osr.python}, not {python_v}; use python "{osr.python}" or another os'

@@ -74,6 +74,7 @@ def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
         template = _environment().get_template("Dockerfile.j2")
         return template.render(
             spec=spec,
+            source=_display_path(spec.source[0]),
             apt_packages=sorted(spec.apt_packages),
             labels=sorted(expected_labels(spec).items()),
             wheel_port=wheel_port,
@@ -81,6 +82,12 @@ def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
         )
     except jinja2.TemplateError as exc:
         raise RenderError(f"{spec.name}: template error: {exc}") from exc
+
+
+def _display_path(path: str) -> str:
+    """The config path relative to the repository when it is inside it, so output does not depend on the cwd."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
 
 
 def generated_path(spec: ImageSpec) -> Path:

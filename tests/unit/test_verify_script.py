@@ -52,7 +52,7 @@ def fake_torch(
     )
 
 
-def run_script(*args: str, preamble: str = "") -> subprocess.CompletedProcess:
+def run_script(*args: str, preamble: str = "") -> subprocess.CompletedProcess[str]:
     """Run verify.py as `python verify.py ARGS`; preamble runs first (e.g. to hide torch)."""
     argv = [str(SCRIPT), *args]
     code = f"{preamble}\nimport runpy, sys\nsys.argv = {argv!r}\nrunpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
@@ -440,7 +440,7 @@ def test_matching_expectations_pass(empty_labels: Path) -> None:
     assert document["ok"] is True
     assert document["python"] == "{}.{}".format(*sys.version_info[:2])  # the form of the python label
     assert document["torch"] == torch.__version__
-    assert document["packages"] == {"json": json.__version__}
+    assert document["packages"] == {"json": json.__version__}  # type: ignore[attr-defined]  # missing from typeshed
 
 
 def test_flags_override_labels_file_end_to_end(tmp_path: Path) -> None:

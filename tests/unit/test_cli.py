@@ -1,0 +1,97 @@
+"""The invoke CLI: bad input ends in one clear message and exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torchimages.config import ConfigError, load_document
+from torchimages.matrix import build_matrix
+
+ROOT = Path(__file__).parents[2]
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_bad_matrix_file_is_one_message_and_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('target: {repository: x/y}\nimages:\n  - {torch: "2.5.1", cuda: "11.2", python: 3.10, os: ubuntu22.04}\n')
+    done = invoke("build", "--config", str(bad))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{bad}:3:") and "images[0].cuda" in lines[0] or "images[0].python" in lines[0]
+    assert lines[-1] == "2 problems found; nothing was built."
+
+
+def test_missing_file_is_a_clear_message(tmp_path: Path) -> None:
+    done = invoke("matrix", "--config", str(tmp_path / "nope.yaml"))
+    assert done.returncode == 1 and done.stderr.strip().startswith(f"{tmp_path / 'nope.yaml'}:1:1: file not found")
+
+
+def test_bad_flag_values_are_refused() -> None:
+    assert invoke("matrix", "--format", "xml").returncode == 2
+    done = invoke("build", "--gpus", "some")
+    assert done.returncode == 2 and "--gpus must be auto, all or none" in done.stderr
+
+
+def test_filters_that_match_nothing_say_so() -> None:
+    done = invoke("matrix", "--cuda", "10.0")
+    assert done.returncode == 1 and "no image in images.yaml matches" in done.stderr
+
+
+def test_matrix_json_lists_wheel_and_base_for_cuda_11_2() -> None:
+    done = invoke("matrix", "--cuda", "11.2", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    images = json.loads(done.stdout)["images"]
+    assert images and all(i["wheel_variant"] == "cu111" and i["base_image"].startswith("nvidia/cuda:11.2.") for i in images)
+    assert all(i["tags"] and i["cudnn"] == "8" and i["python"] == "3.8" for i in images)
+
+
+def test_github_matrix_selects_each_image_alone() -> None:
+    done = invoke("matrix", "--format", "github")
+    include = json.loads(done.stdout)["include"]
+    keys = [(i["cuda"], i["torch"], i["python"], i["flavour"]) for i in include]
+    assert len(keys) == len(set(keys)) >= 10
+
+
+yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8),
+    st.sampled_from(["2.5.1", "12.4", "cpu", "3.10", "ubuntu22.04", "runtime", "devel"]),
+)  # fmt: skip
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["torch", "cuda", "python", "os", "flavours", "images", "target", "x"]), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(yaml_values)
+def test_any_yaml_document_is_a_matrix_or_a_clean_error(value: object) -> None:
+    text = json.dumps(value)  # JSON is YAML: every generated structure is a real document
+    try:
+        build_matrix(load_document("p.yaml", text=text), base_mirror="")
+    except ConfigError as exc:
+        assert exc.problems and all(str(p).startswith("p.yaml:") for p in exc.problems)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_is_a_matrix_or_a_clean_error(text: str) -> None:
+    try:
+        build_matrix(load_document("p.yaml", text=text), base_mirror="")
+    except ConfigError as exc:
+        assert exc.problems
+
+
+pytestmark = pytest.mark.filterwarnings("error")
