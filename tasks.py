@@ -9,7 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Context, Exit, task
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
 
 from torchimages import matrix as matrix_mod
 from torchimages.config import ConfigError
@@ -38,7 +41,7 @@ def _clean_errors() -> Iterator[None]:
         yield
     except ConfigError as exc:
         count = len(exc.problems)
-        raise Exit(f"{exc}\n{count} problem{'s' * (count != 1)} found; nothing was built.", code=1) from None
+        raise Exit(f"{exc}\n{count} problem{'s' * (count != 1)} found; nothing was done.", code=1) from None
     except (EngineError, WheelError, VerifyError, RenderError, TestEnvError) as exc:
         raise Exit(f"error: {exc}", code=1) from None
 

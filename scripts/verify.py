@@ -27,15 +27,21 @@ from typing import Any, Dict  # noqa: UP035 - see Record
 LABELS_FILE = Path("/etc/torch-images/labels.json")
 LABEL_PREFIX = "org.torch-images."
 # Expectation -> label suffix. base_cuda has no flag: only the build knows which CUDA base it used.
-LABEL_KEYS = {"torch": "torch", "cuda": "cuda", "cudnn": "cudnn", "python": "python",
-              "flavour": "flavour", "packages": "packages", "base_cuda": "base-cuda"}
+LABEL_KEYS = {
+    "torch": "torch",
+    "cuda": "cuda",
+    "cudnn": "cudnn",
+    "python": "python",
+    "flavour": "flavour",
+    "packages": "packages",
+    "base_cuda": "base-cuda",
+}
 SHM_MIN_BYTES = 1 << 30
 SHM_FIX = "run with --ipc=host or --shm-size=8g (PyTorch DataLoader workers share tensors through /dev/shm)"
 REL_TOL = 1e-3
 NVCC_TIMEOUT_S = 60
 # Consulted only when a module has no __version__ and its import name is not its distribution name.
-DIST_NAMES = {"yaml": "PyYAML", "PIL": "Pillow", "cv2": "opencv-python", "sklearn": "scikit-learn",
-              "skimage": "scikit-image"}
+DIST_NAMES = {"yaml": "PyYAML", "PIL": "Pillow", "cv2": "opencv-python", "sklearn": "scikit-learn", "skimage": "scikit-image"}
 NO_GPU = "no GPU visible (torch.cuda.is_available() is False)"
 _UNSET: Any = object()
 
@@ -54,6 +60,7 @@ def last_line(exc: BaseException) -> str:
 
 
 # ---- pure helpers ---------------------------------------------------------------------------------
+
 
 def decode_cudnn_version(encoded: int) -> str:
     """cuDNN 9 changed the integer from major*1000+minor*100+patch to major*10000+minor*100+patch."""
@@ -123,6 +130,7 @@ def expect(name: str, actual: Any, expected: str | None, ok: Callable[[str], boo
 
 # ---- checks ---------------------------------------------------------------------------------------
 
+
 def check_python(expected: str | None) -> Record:
     full, short = platform.python_version(), "{}.{}".format(*sys.version_info[:2])
     rec = expect("python", full, expected, lambda want: want in (full, short))
@@ -141,8 +149,12 @@ def check_torch_cuda(torch: Any, expected: str | None) -> Record:
         detail = "CPU build, as expected" if ok else f"torch is built for CUDA {actual} but the image promises none"
         return record("torch.cuda", "pass" if ok else "fail", detail, actual)
     if expected is not None and actual is None:
-        return record("torch.cuda", "fail", "torch is a CPU build (torch.version.cuda is None) "
-                      f"but the image promises CUDA {expected}", actual)
+        return record(
+            "torch.cuda",
+            "fail",
+            f"torch is a CPU build (torch.version.cuda is None) but the image promises CUDA {expected}",
+            actual,
+        )
     return expect("torch.cuda", actual, expected, lambda want: actual == want)
 
 
@@ -181,8 +193,12 @@ def check_gpu(torch: Any, available: bool, why: str, require_gpu: bool) -> Recor
         return record("gpu", "skip", NO_GPU)
     count, name = torch.cuda.device_count(), torch.cuda.get_device_name(0)
     capability = "{}.{}".format(*torch.cuda.get_device_capability(0))
-    return record("gpu", "pass", f"{count} x {name} (compute capability {capability})",
-                  {"count": count, "name": name, "capability": capability})
+    return record(
+        "gpu",
+        "pass",
+        f"{count} x {name} (compute capability {capability})",
+        {"count": count, "name": name, "capability": capability},
+    )
 
 
 @contextlib.contextmanager
@@ -246,6 +262,7 @@ def check_package(name: str) -> Record:
 def read_tfrecords(path: str) -> Iterator[bytes]:
     """TFRecord framing: u64 length, u32 masked crc32c of the length, data, u32 masked crc32c of the data."""
     from tensorboardX.record_writer import masked_crc32c
+
     with open(path, "rb") as f:
         while len(header := f.read(12)) == 12:
             (length,), (header_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
@@ -267,6 +284,7 @@ def read_events(logdir: str) -> tuple[dict[str, list[tuple[int, float]]], list[s
         scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in tags["scalars"]}
         return scalars, list(tags["images"]), bool(tags["graph"])
     from tensorboardX.proto.event_pb2 import Event
+
     scalars, images, graph = {}, [], False
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
         for event in map(Event.FromString, read_tfrecords(path)):
@@ -281,6 +299,7 @@ def read_events(logdir: str) -> tuple[dict[str, list[tuple[int, float]]], list[s
 
 def check_tensorboardx(torch: Any) -> Record:
     from tensorboardX import SummaryWriter
+
     values = [1.0 / 3, 0.25, 2.5e-3, -7.0]  # 1/3 is not exact in float32: exercises the tolerance
     model = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU())
     with tempfile.TemporaryDirectory() as logdir:
@@ -293,7 +312,8 @@ def check_tensorboardx(torch: Any) -> Record:
             ("add_graph", lambda: writer.add_graph(model, torch.zeros(1, 4))),  # needs the tensorboard package
             ("add_embedding", lambda: writer.add_embedding(torch.randn(5, 3), metadata=list("abcde"), global_step=0)),
             ("export_scalars_to_json", lambda: writer.export_scalars_to_json(json_path)),
-            ("close", writer.close)]
+            ("close", writer.close),
+        ]
         for step, run in steps:
             try:
                 with warnings.catch_warnings():  # add_graph uses torch.jit.trace, which recent torch deprecates
@@ -309,13 +329,19 @@ def check_tensorboardx(torch: Any) -> Record:
         has_metadata = bool(glob.glob(os.path.join(logdir, "*", "*", "metadata.tsv")))
     read = scalars.get("loss", [])
     read_ok = len(read) == len(values) and all(
-        step == i and math.isclose(got, values[i], rel_tol=1e-6) for i, (step, got) in enumerate(read))
-    problems = [problem for ok, problem in [
-        (exported == values, f"export_scalars_to_json gave {exported}, wrote {values}"),
-        (read_ok, f"event file scalar 'loss' read back as {read}, wrote {values}"),
-        ("image" in images, "image missing from the event file"),
-        (graph, "graph missing from the event file"),
-        (has_metadata, "add_embedding wrote no metadata.tsv")] if not ok]
+        step == i and math.isclose(got, values[i], rel_tol=1e-6) for i, (step, got) in enumerate(read)
+    )
+    problems = [
+        problem
+        for ok, problem in [
+            (exported == values, f"export_scalars_to_json gave {exported}, wrote {values}"),
+            (read_ok, f"event file scalar 'loss' read back as {read}, wrote {values}"),
+            ("image" in images, "image missing from the event file"),
+            (graph, "graph missing from the event file"),
+            (has_metadata, "add_embedding wrote no metadata.tsv"),
+        ]
+        if not ok
+    ]
     if problems:
         return record("tensorboardX", "fail", "; ".join(problems))
     return record("tensorboardX", "pass", "scalars, image, graph and embedding written and read back")
@@ -336,8 +362,9 @@ def check_nvcc(flavour: str | None, base_cuda: str | None) -> Record:
     nvcc = shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
     if nvcc is None:
         return record("nvcc", "fail", "nvcc not found on PATH or in /usr/local/cuda/bin")
-    proc = subprocess.run([nvcc, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=NVCC_TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        [nvcc, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=NVCC_TIMEOUT_S, check=False
+    )
     release = parse_nvcc_release(proc.stdout)
     if proc.returncode != 0 or release is None:
         return record("nvcc", "fail", f"{nvcc} -V exited {proc.returncode}: {proc.stdout.strip()[-300:]}")
@@ -347,6 +374,7 @@ def check_nvcc(flavour: str | None, base_cuda: str | None) -> Record:
 
 
 # ---- driver ---------------------------------------------------------------------------------------
+
 
 def guard(name: str, check: Callable[..., Record], *args: Any) -> Record:
     """An unexpected exception fails that one check instead of the whole run."""
@@ -391,13 +419,22 @@ def run_checks(expected: dict[str, Any], require_gpu: bool) -> list[Record]:
 def summarize(records: list[Record], expected: dict[str, Any]) -> dict[str, Any]:
     values = {rec["name"]: rec.get("value") for rec in records}
     gpu = values.get("gpu") or {}
-    packages = {rec["name"][len("package."):]: rec.get("value") for rec in records
-                if rec["name"].startswith("package.") and rec["status"] == "pass"}
-    return {"ok": exit_code(records) == 0, "torch": values.get("torch.version"),
-            "torch_cuda": values.get("torch.cuda"), "cudnn": values.get("cudnn"), "python": values.get("python"),
-            "gpu": {"available": values.get("cuda.available") is True,
-                    "count": gpu.get("count", 0), "name": gpu.get("name")},
-            "packages": packages, "checks": records, "expected": expected}
+    packages = {
+        rec["name"][len("package.") :]: rec.get("value")
+        for rec in records
+        if rec["name"].startswith("package.") and rec["status"] == "pass"
+    }
+    return {
+        "ok": exit_code(records) == 0,
+        "torch": values.get("torch.version"),
+        "torch_cuda": values.get("torch.cuda"),
+        "cudnn": values.get("cudnn"),
+        "python": values.get("python"),
+        "gpu": {"available": values.get("cuda.available") is True, "count": gpu.get("count", 0), "name": gpu.get("name")},
+        "packages": packages,
+        "checks": records,
+        "expected": expected,
+    }
 
 
 def format_table(records: list[Record]) -> str:
@@ -422,9 +459,13 @@ def stdout_to_stderr() -> Iterator[None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torch-verify", description=(
-        f"Check this environment's PyTorch stack against the image labels in {LABELS_FILE} "
-        "(flags override labels). Exit status: 0 all checks pass (warnings allowed), 1 a check failed."))
+    parser = argparse.ArgumentParser(
+        prog="torch-verify",
+        description=(
+            f"Check this environment's PyTorch stack against the image labels in {LABELS_FILE} "
+            "(flags override labels). Exit status: 0 all checks pass (warnings allowed), 1 a check failed."
+        ),
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--require-gpu", action="store_true", help="fail when no GPU is visible")
     parser.add_argument("--expect-torch", metavar="VER", help="torch.__version__, e.g. 2.11.0 or 2.13.0+cpu")
@@ -433,8 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--expect-python", metavar="X.Y", help="Python major.minor")
     parser.add_argument("--flavour", choices=("runtime", "devel", "cpu"), help="image flavour")
     parser.add_argument("--packages", metavar="NAME[,NAME...]", help="import names that must import")
-    parser.add_argument("--labels-file", metavar="PATH", type=Path,
-                        help=f"JSON object of image labels (default: {LABELS_FILE} if it exists)")
+    parser.add_argument(
+        "--labels-file", metavar="PATH", type=Path, help=f"JSON object of image labels (default: {LABELS_FILE} if it exists)"
+    )
     return parser
 
 
@@ -460,8 +502,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.labels_file is not None:
                 parser.error(f"--labels-file {path}: {exc}")
             labels_record = record("labels", "fail", f"{path}: {exc}", str(path))  # the image's own file is broken
-    flags = {"torch": args.expect_torch, "cuda": args.expect_cuda, "cudnn": args.expect_cudnn,
-             "python": args.expect_python, "flavour": args.flavour, "packages": args.packages}
+    flags = {
+        "torch": args.expect_torch,
+        "cuda": args.expect_cuda,
+        "cudnn": args.expect_cudnn,
+        "python": args.expect_python,
+        "flavour": args.flavour,
+        "packages": args.packages,
+    }
     expected = merge_expectations(labels, flags)
     with stdout_to_stderr():
         records = [labels_record, *run_checks(expected, args.require_gpu)]

@@ -113,7 +113,7 @@ def build_matrix(doc: Document, *, base_mirror: str | None = None, use_environme
     _check_unique_tags(doc, specs + deprecated, problems)
     if problems:
         raise ConfigError(problems)
-    aliased = with_aliases(specs + deprecated)
+    aliased = with_aliases(specs + deprecated, released=len(specs))
     specs, deprecated = aliased[: len(specs)], aliased[len(specs) :]
     return Matrix(file=doc.file, images=tuple(specs), deprecated=tuple(deprecated), wheel_port=port)
 
@@ -193,7 +193,7 @@ def _expand_entry(
             problems.append(doc.problem((*path, "cuda"), f"{reason}; it has {compat_mod.describe_variants(release)}"))
             return []
         variant = found
-    if len(problems) > before:
+    if len(problems) > before or python_v is None:
         return []
     extra = _packages(doc, (*path, "packages"), entry.get("packages", []), problems)
     apt = _words(doc, (*path, "apt_packages"), entry.get("apt_packages", []), problems)

@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from .engine import Engine, EngineError
 from .matrix import Matrix
-from .model import BuildResult, ImageSpec
+from .model import BuildResult, ImageSpec, PushResult, VerifyReport
 from .publish import push_refs, tag_image
 from .render import ROOT, RenderError, context_files, context_tar, dockerfile_quote, render_dockerfile
 from .report import write_reports
@@ -130,7 +131,7 @@ def _build_one(
                 status = "built"
             tag_image(engine, image_id, spec.refs)
             console(spec.name, "tagged " + ", ".join(spec.tags))
-            pushed = ()
+            pushed: tuple[PushResult, ...] = ()
             if options.push:
                 console(spec.name, f"pushing to {spec.repository}")
                 pushed = push_refs(engine, spec.refs, log=log)
@@ -154,9 +155,9 @@ def _existing(engine: Engine, inputs: str) -> str | None:
     return None
 
 
-def _finalize(engine: Engine, built: str, report: object, log: object) -> str:
+def _finalize(engine: Engine, built: str, report: VerifyReport, log: TextIO) -> str:
     """Add labels that record what verification saw (a metadata-only layer on the verified image)."""
-    labels = verified_labels(report)  # type: ignore[arg-type]
+    labels = verified_labels(report)
     labels["org.opencontainers.image.created"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     lines = [f"FROM {built}"] + [f"LABEL {key}={dockerfile_quote(value)}" for key, value in sorted(labels.items())]
-    return engine.build(context_tar({"Dockerfile": ("\n".join(lines) + "\n").encode()}), log=log)  # type: ignore[arg-type]
+    return engine.build(context_tar({"Dockerfile": ("\n".join(lines) + "\n").encode()}), log=log)

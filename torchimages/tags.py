@@ -21,20 +21,36 @@ def short_tag(spec: ImageSpec) -> str:
     return f"{spec.torch}-cpu" if spec.cuda is None else f"{spec.torch}-cuda{spec.cuda}-{spec.flavour}"
 
 
-def with_aliases(specs: Iterable[ImageSpec]) -> list[ImageSpec]:
-    """Give each short alias to one image: the one with the newest python (then the newest os)."""
+def latest_tag(spec: ImageSpec) -> str:
+    """latest (CUDA runtime), latest-devel, latest-cpu."""
+    return {"runtime": "latest", "devel": "latest-devel", "cpu": "latest-cpu"}[spec.flavour]
+
+
+def _python_rank(spec: ImageSpec) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
+    return (version_key(spec.python), (), (), spec.os)
+
+
+def _newest(spec: ImageSpec) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
+    return (version_key(spec.torch), version_key(spec.cuda or "0"), version_key(spec.python), spec.os)
+
+
+def with_aliases(specs: Iterable[ImageSpec], *, released: int | None = None) -> list[ImageSpec]:
+    """Add the short alias and the latest tags, each to exactly one image.
+
+    A short alias goes to the image with the newest python (then os) among those sharing it;
+    latest / latest-devel / latest-cpu to the newest torch, then CUDA, then python, of that flavour.
+    Only the first `released` specs (the ones that are not deprecated) compete for aliases.
+    """
     specs = list(specs)
+    competing = specs if released is None else specs[:released]
     owner: dict[str, ImageSpec] = {}
-    for spec in specs:
-        alias = short_tag(spec)
-        best = owner.get(alias)
-        if best is None or (version_key(spec.python), spec.os) > (version_key(best.python), best.os):
-            owner[alias] = spec
+    for alias_of, rank in ((short_tag, _python_rank), (latest_tag, _newest)):
+        for spec in competing:
+            best = owner.get(alias_of(spec))
+            if best is None or rank(spec) > rank(best):
+                owner[alias_of(spec)] = spec
     out = []
     for spec in specs:
-        tags = [full_tag(spec)]
-        alias = short_tag(spec)
-        if owner[alias] is spec:
-            tags.append(alias)
+        tags = [full_tag(spec)] + [alias for alias in (short_tag(spec), latest_tag(spec)) if owner.get(alias) is spec]
         out.append(replace(spec, name=tags[0], tags=tuple(tags)))
     return out

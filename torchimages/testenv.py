@@ -30,6 +30,10 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # What the stand-in Debian carries, so image builds from it need no network inside the container.
 DEBIAN_PACKAGES = ("ca-certificates", "passwd", "python3.11", "python3.11-venv", "python3-venv", "python3-distutils")
 
+# Bump when the stand-in recipe changes: stand-ins with another recipe are rebuilt.
+STAND_IN_RECIPE = "2"
+RECIPE_LABEL = "org.torch-images.stand-in-recipe"
+
 Say = Callable[[str], None]
 
 
@@ -185,7 +189,8 @@ def _cuda_tree(wheels: Iterable[Path], cuda_dir: str) -> dict[str, tuple[bytes, 
                 parts = info.filename.split("/")
                 if info.is_dir() or len(parts) < 3 or parts[0] != "nvidia" or parts[2].startswith("."):
                     continue
-                mode = (info.external_attr >> 16) & 0o777 or 0o644
+                # Wheels record 0744 for tools; an image must let any user run them.
+                mode = 0o755 if (info.external_attr >> 16) & 0o100 else 0o644
                 files[f"{cuda_dir}/" + "/".join(parts[2:])] = (archive.read(info), mode)
     return files
 
@@ -203,7 +208,8 @@ ENV CUDA_VERSION={cuda_full} \\
     NVIDIA_REQUIRE_CUDA="cuda>={major}.{minor}" \\
     LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \\
     PATH=/usr/local/nvidia/bin{cuda_path}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-LABEL org.torch-images.stand-in="Debian 12 + NVIDIA CUDA {cuda_full} wheels from PyPI; not an NVIDIA image"
+LABEL org.torch-images.stand-in="Debian 12 + NVIDIA CUDA {cuda_full} wheels from PyPI; not an NVIDIA image" \\
+      {RECIPE_LABEL}="{STAND_IN_RECIPE}"
 """
 
 
@@ -218,7 +224,7 @@ def ensure_stand_ins(engine: Engine, specs: Iterable[ImageSpec], say: Say) -> li
         engine.push(debian_ref)
     for upstream in wanted:
         ref = f"{MIRROR}/{upstream}"
-        if upstream == "library/debian:12" or in_registry(ref):
+        if upstream == "library/debian:12" or _current_stand_in(engine, ref):
             continue
         repository, tag = upstream.rsplit(":", 1)
         cuda_full, kind, _os = tag.split("-", 2)
@@ -239,9 +245,20 @@ def ensure_stand_ins(engine: Engine, specs: Iterable[ImageSpec], say: Say) -> li
     return [f"{MIRROR}/{u}" for u in wanted]
 
 
+def _current_stand_in(engine: Engine, ref: str) -> bool:
+    """True when the registry has ref built by the current recipe (pulled here to read its labels)."""
+    if not in_registry(ref):
+        return False
+    info = engine.image(ref)
+    if info is None or info.labels.get(RECIPE_LABEL) != STAND_IN_RECIPE:
+        engine.pull(ref)
+        info = engine.image(ref)
+    return info is not None and info.labels.get(RECIPE_LABEL) == STAND_IN_RECIPE
+
+
 def check_nvcc(engine: Engine, ref: str) -> str:
     """nvcc -V output from a devel stand-in."""
-    result = engine.run(ref, ["nvcc", "-V"], timeout=60)
+    result = engine.run(ref, ["nvcc", "-V"], timeout=60, user="65534:65534")  # any user, as images run
     if result.exit_code != 0:
         raise TestEnvError(f"nvcc -V failed in {ref}: {result.output.strip()[-300:]}")
     return result.output

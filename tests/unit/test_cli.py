@@ -29,7 +29,7 @@ def test_bad_matrix_file_is_one_message_and_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr + done.stdout
     lines = done.stderr.strip().splitlines()
     assert lines[0].startswith(f"{bad}:3:") and "images[0].cuda" in lines[0] or "images[0].python" in lines[0]
-    assert lines[-1] == "2 problems found; nothing was built."
+    assert lines[-1] == "2 problems found; nothing was done."
 
 
 def test_missing_file_is_a_clear_message(tmp_path: Path) -> None:
@@ -69,8 +69,12 @@ yaml_scalars = st.one_of(
 )  # fmt: skip
 yaml_values = st.recursive(
     yaml_scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["torch", "cuda", "python", "os", "flavours", "images", "target", "x"]), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["torch", "cuda", "python", "os", "flavours", "images", "target", "x"]), inner, max_size=4
+        )
+    ),
     max_leaves=12,
 )
 

@@ -121,7 +121,24 @@ def test_aliases_go_to_the_newest_python_only() -> None:
     )
     older, newer = matrix.images
     assert older.tags == ("2.5.1-py3.10-cuda12.4-cudnn9-runtime-ubuntu22.04",)
-    assert newer.tags == ("2.5.1-py3.12-cuda12.4-cudnn9-runtime-ubuntu24.04", "2.5.1-cuda12.4-runtime")
+    assert newer.tags == ("2.5.1-py3.12-cuda12.4-cudnn9-runtime-ubuntu24.04", "2.5.1-cuda12.4-runtime", "latest")
+
+
+def test_latest_goes_to_the_newest_torch_then_cuda_and_never_to_a_deprecated_entry() -> None:
+    matrix = expand(
+        HEADER
+        + '  - {torch: "2.5.1", cuda: "12.4", python: "3.10", os: ubuntu22.04, flavours: [runtime, devel]}\n'
+        + '  - {torch: "2.5.1", cuda: "12.1", python: "3.10", os: ubuntu22.04}\n'
+        + '  - {torch: "2.6.0", cuda: "12.4", python: "3.10", os: ubuntu22.04, deprecated: true}\n'
+        + '  - {torch: "2.5.1", cuda: cpu, python: "3.10", os: ubuntu22.04}\n'
+    )
+    latest = {tag: spec.name for spec in matrix.images + matrix.deprecated for tag in spec.tags if tag.startswith("latest")}
+    assert latest == {
+        "latest": "2.5.1-py3.10-cuda12.4-cudnn9-runtime-ubuntu22.04",
+        "latest-devel": "2.5.1-py3.10-cuda12.4-cudnn9-devel-ubuntu22.04",
+        "latest-cpu": "2.5.1-py3.10-cpu-ubuntu22.04",
+    }
+    assert [s.torch for s in matrix.deprecated] == ["2.6.0"] and len(matrix.deprecated[0].tags) == 1
 
 
 def test_filters_select_by_each_field() -> None:

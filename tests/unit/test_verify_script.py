@@ -45,9 +45,7 @@ def fake_torch(
     return SimpleNamespace(
         __version__="2.11.0+cu130",
         version=SimpleNamespace(cuda=cuda),
-        backends=SimpleNamespace(
-            cudnn=SimpleNamespace(is_available=lambda: cudnn_available, version=lambda: cudnn_version)
-        ),
+        backends=SimpleNamespace(cudnn=SimpleNamespace(is_available=lambda: cudnn_available, version=lambda: cudnn_version)),
         cuda=SimpleNamespace(is_available=is_available, device_count=lambda: 0),
     )
 
@@ -317,9 +315,7 @@ def _write_events(logdir: Path) -> None:
 
 
 @pytest.mark.parametrize("hide_tensorboard", [False, True], ids=["EventAccumulator", "own-reader"])
-def test_read_events_reads_back_scalars(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hide_tensorboard: bool
-) -> None:
+def test_read_events_reads_back_scalars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hide_tensorboard: bool) -> None:
     _write_events(tmp_path)
     if hide_tensorboard:
         monkeypatch.setitem(sys.modules, "tensorboard.backend.event_processing", None)
