@@ -362,9 +362,7 @@ def check_nvcc(flavour: str | None, base_cuda: str | None) -> Record:
     nvcc = shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
     if nvcc is None:
         return record("nvcc", "fail", "nvcc not found on PATH or in /usr/local/cuda/bin")
-    proc = subprocess.run(
-        [nvcc, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=NVCC_TIMEOUT_S, check=False
-    )
+    proc = subprocess.run([nvcc, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=NVCC_TIMEOUT_S, check=False)
     release = parse_nvcc_release(proc.stdout)
     if proc.returncode != 0 or release is None:
         return record("nvcc", "fail", f"{nvcc} -V exited {proc.returncode}: {proc.stdout.strip()[-300:]}")

@@ -37,6 +37,7 @@ class CudaRelease:
     version: str
     full: str
     cudnn: str
+    cudnn_tag: str  # how the tag names cuDNN: cudnn8, cudnn9, or plain cudnn
     os: tuple[str, ...]
     min_driver: str | None
 
@@ -81,6 +82,7 @@ def load_compat() -> Compat:
             version=str(v),
             full=str(row["full"]),
             cudnn=str(row["cudnn"]),
+            cudnn_tag=str(row["cudnn_tag"]),
             os=tuple(row["os"]),
             min_driver=_str_or_none(row.get("min_driver")),
         )
@@ -115,11 +117,7 @@ def wheel_variant_for(release: TorchRelease, base_cuda: str) -> tuple[str | None
     if exact in release.variants:
         return exact, f"torch {release.version} publishes {exact} wheels"
     major, minor = (int(x) for x in base_cuda.split(".")[:2])
-    older = [
-        v
-        for v in release.variants
-        if int(cuda_from_tag(v).split(".")[0]) == major and int(cuda_from_tag(v).split(".")[1]) < minor
-    ]
+    older = [v for v in release.variants if int(cuda_from_tag(v).split(".")[0]) == major and int(cuda_from_tag(v).split(".")[1]) < minor]
     if older:
         best = max(older, key=lambda v: version_key(cuda_from_tag(v)))
         return best, (
@@ -147,3 +145,15 @@ def describe_variants(release: TorchRelease) -> str:
     """'11.8, 12.1, 12.4' (and 'cpu')."""
     names = sorted((cuda_from_tag(v) for v in release.variants), key=version_key)
     return ", ".join(names + (["cpu"] if release.cpu else []))
+
+
+BASE_FLAVOURS = ("base", "runtime", "devel", "cudnn-runtime", "cudnn-devel")
+
+
+def base_tags(cuda: CudaRelease) -> dict[str, list[str]]:
+    """Every nvidia/cuda tag of a CUDA release by flavour: base, runtime, devel, and the cuDNN ones."""
+    tags: dict[str, list[str]] = {}
+    for flavour in BASE_FLAVOURS:
+        part = flavour.replace("cudnn-", f"{cuda.cudnn_tag}-")
+        tags[flavour] = [f"{cuda.full}-{part}-{os_name}" for os_name in cuda.os]
+    return tags

@@ -117,18 +117,14 @@ def _convert(doc: Document, node: yaml.Node, path: Path_) -> Any:
                 continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
                 line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                doc.problems.append(
-                    Problem(doc.file, line, col, field_name(path), f"keys must be plain words, not {key_node.value!r}")
-                )
+                doc.problems.append(Problem(doc.file, line, col, field_name(path), f"keys must be plain words, not {key_node.value!r}"))
                 continue
             key = key_node.value
             child = (*path, key)
             if key in out:
                 first = doc.key_marks[child]
                 line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                doc.problems.append(
-                    Problem(doc.file, line, col, field_name(child), f"duplicate key (first given on line {first[0]})")
-                )
+                doc.problems.append(Problem(doc.file, line, col, field_name(child), f"duplicate key (first given on line {first[0]})"))
                 continue
             doc.key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _convert(doc, value_node, child)

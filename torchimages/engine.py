@@ -130,6 +130,10 @@ class Engine:
             repo_digests=tuple(raw.get("RepoDigests") or ()),
         )
 
+    def history(self, ref: str) -> list[str]:
+        """The command that created each layer of an image."""
+        return [str(layer.get("CreatedBy", "")) for layer in self._api.history(ref)]
+
     def images_with_label(self, key: str, value: str) -> list[ImageInfo]:
         """Local images carrying label key=value."""
         found = self._api.images(filters={"label": f"{key}={value}"}, quiet=True)
@@ -206,13 +210,18 @@ class Engine:
         environment: dict[str, str] | None = None,
         user: str | None = None,
         shm_size: str | None = None,
+        read_only_mounts: dict[str, str] | None = None,
     ) -> RunResult:
-        """Run a command in a fresh container, always removed; killed after timeout seconds."""
+        """Run a command in a fresh container, always removed; killed after timeout seconds.
+
+        read_only_mounts maps host paths to container paths.
+        """
+        volumes = {host: {"bind": inside, "mode": "ro"} for host, inside in (read_only_mounts or {}).items()} or None
         device_requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
         try:
             container = self._client.containers.create(
                 image, command, detach=True, environment=environment, user=user, shm_size=shm_size,
-                device_requests=device_requests, network_mode="none",
+                device_requests=device_requests, network_mode="none", volumes=volumes,
             )  # fmt: skip
         except docker.errors.APIError as exc:
             raise EngineError(f"cannot create a container from {image}: {exc.explanation or exc}") from None
@@ -281,7 +290,8 @@ class Engine:
         try:
             for chunk in self._api.push(repository, tag=tag, stream=True, decode=True):
                 if log is not None and "status" in chunk and "progress" not in chunk:
-                    log.write(f"{chunk.get('id', '')} {chunk['status']} {chunk.get('progress', '')}".strip() + "\n")
+                    log.write(f"{chunk.get('id', '')} {chunk['status']}".strip() + "\n")
+                    log.flush()
                 if "error" in chunk or "errorDetail" in chunk:
                     message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))
                     raise PushError(f"push of {ref} failed: {message.strip()}", transient=_transient(message))

@@ -63,8 +63,7 @@ def build_images(
     results: dict[str, BuildResult] = {}
     with WheelServer(wheelhouse, matrix.wheel_port), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         futures = {
-            spec.name: pool.submit(_build_one, engine, spec, wheel_sets[spec.name], matrix, options, console, logs)
-            for spec in specs
+            spec.name: pool.submit(_build_one, engine, spec, wheel_sets[spec.name], matrix, options, console, logs) for spec in specs
         }
         for name, future in futures.items():
             results[name] = future.result()
@@ -117,9 +116,7 @@ def _build_one(
                 report = None
             else:
                 console(spec.name, "building")
-                built = engine.build(
-                    context, log=log, labels={BUILD_HASH_LABEL: inputs}, on_step=lambda step: console(spec.name, step)
-                )
+                built = engine.build(context, log=log, labels={BUILD_HASH_LABEL: inputs}, on_step=lambda step: console(spec.name, step))
                 console(spec.name, "verifying (torch-verify inside the image)")
                 report = run_verify(engine, built, gpus=gpus_wanted(engine, options.gpus))
                 log.write("\n--- torch-verify ---\n" + report.output + "\n")

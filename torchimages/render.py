@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,15 +122,28 @@ def context_tar(files: Mapping[str, bytes], *, modes: Mapping[str, int] | None =
     return buffer.getvalue()
 
 
-def sync_generated(specs: list[ImageSpec], *, wheel_port: int, check: bool) -> list[str]:
-    """Write (or with check, only compare) every rendered Dockerfile; return the stale paths."""
+def sync_generated(matrices: list[tuple[list[ImageSpec], int]], *, check: bool, prune: bool) -> list[str]:
+    """Write (or with check, only compare) every rendered Dockerfile; return the stale paths.
+
+    With prune, a folder under dockerfiles/generated that no given image renders to is stale too
+    (and removed unless checking).
+    """
     stale = []
-    for spec in specs:
-        path = generated_path(spec)
-        text = render_dockerfile(spec, wheel_port=wheel_port)
-        if not path.exists() or path.read_text() != text:
-            stale.append(str(path.relative_to(ROOT)))
-            if not check:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
+    wanted = set()
+    for specs, wheel_port in matrices:
+        for spec in specs:
+            path = generated_path(spec)
+            wanted.add(path.parent.name)
+            text = render_dockerfile(spec, wheel_port=wheel_port)
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path.relative_to(ROOT)))
+                if not check:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(text)
+    if prune and GENERATED.exists():
+        for folder in sorted(GENERATED.iterdir()):
+            if folder.is_dir() and folder.name not in wanted:
+                stale.append(f"{folder.relative_to(ROOT)} (no image renders here)")
+                if not check:
+                    shutil.rmtree(folder)
     return stale

@@ -8,6 +8,7 @@ path. The product builds from them through its ordinary `base.mirror` setting.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,26 +158,40 @@ def _debian_rootfs_tar(say: Say) -> Path:
     return tar_path
 
 
-def _cuda_wheels(cuda_full: str, devel: bool, say: Say) -> list[Path]:
-    """NVIDIA's CUDA runtime (and compiler) wheels from PyPI for one CUDA release."""
-    major, minor = cuda_full.split(".")[:2]
-    suffix = "" if int(major) >= 13 else f"-cu{major}"
-    names = ["nvidia-cuda-runtime"]
-    if devel:
-        names += ["nvidia-cuda-nvcc", "nvidia-cuda-cccl"] + (["nvidia-cuda-crt", "nvidia-nvvm"] if int(major) >= 13 else [])
-    dest = STATE / f"cuda-wheels-{major}.{minor}"
-    dest.mkdir(parents=True, exist_ok=True)
-    requirements = [f"{name}{suffix}=={major}.{minor}.*" for name in names]
-    say(f"testenv: fetching {', '.join(requirements)}")
+STAND_IN_KINDS = ("base", "devel", "cudnn-runtime")
+
+
+def _stand_in_requirements(cuda_full: str, kind: str) -> list[str]:
+    """NVIDIA's wheels that make up a stand-in of one nvidia/cuda flavour."""
+    major, minor = (int(x) for x in cuda_full.split(".")[:2])
+    suffix = "" if major >= 13 else f"-cu{major}"
+    requirements = [f"nvidia-cuda-runtime{suffix}=={major}.{minor}.*"]
+    if kind == "devel":
+        tools = ["nvidia-cuda-nvcc", "nvidia-cuda-cccl"] + (["nvidia-cuda-crt", "nvidia-nvvm"] if major >= 13 else [])
+        requirements += [f"{name}{suffix}=={major}.{minor}.*" for name in tools]
+    if kind == "cudnn-runtime":  # what NVIDIA's cudnn-runtime images add: the math libraries, NCCL and cuDNN
+        requirements += [
+            f"{name}{suffix}" for name in ("nvidia-cublas", "nvidia-cufft", "nvidia-curand", "nvidia-cusolver", "nvidia-cusparse")
+        ]
+        requirements += [f"nvidia-nccl-cu{major}", f"nvidia-cudnn-cu{major}"]
+    return requirements
+
+
+def _cuda_wheels(cuda_full: str, kind: str, say: Say) -> list[Path]:
+    """Download the wheels of a stand-in from PyPI (on the host)."""
     from .wheels import platform_tags
 
+    requirements = _stand_in_requirements(cuda_full, kind)
+    dest = STATE / f"cuda-wheels-{cuda_full}-{kind}"
+    dest.mkdir(parents=True, exist_ok=True)
+    say(f"testenv: fetching {', '.join(requirements)}")
     platform_args = [arg for tag in platform_tags("2.36") for arg in ("--platform", tag)]
     _run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
          "--implementation", "cp", *platform_args, "--dest", str(dest), *requirements],
         what="fetching CUDA wheels", log=STATE / "pip.log",
     )  # fmt: skip
-    wanted = {name.replace("-", "_") + suffix.replace("-", "_") for name in names}
+    wanted = {re.split(r"[=<>]", r)[0].replace("-", "_") for r in requirements}
     return sorted(p for p in dest.glob("*.whl") if p.name.split("-")[0] in wanted)
 
 
@@ -213,9 +228,9 @@ LABEL org.torch-images.stand-in="Debian 12 + NVIDIA CUDA {cuda_full} wheels from
 """
 
 
-def ensure_stand_ins(engine: Engine, specs: Iterable[ImageSpec], say: Say) -> list[str]:
-    """Every base the given images need, pushed under the mirror path; existing ones are reused."""
-    wanted = sorted({spec.base_upstream for spec in specs})
+def ensure_stand_ins(engine: Engine, specs: Iterable[ImageSpec], say: Say, *, extra: Iterable[str] = ()) -> list[str]:
+    """Every base the given images need (and extra upstream names), pushed under the mirror path; existing ones are reused."""
+    wanted = sorted({spec.base_upstream for spec in specs} | set(extra))
     debian_ref = f"{MIRROR}/library/debian:12"
     if not in_registry(debian_ref):
         tar_path = _debian_rootfs_tar(say)
@@ -227,13 +242,14 @@ def ensure_stand_ins(engine: Engine, specs: Iterable[ImageSpec], say: Say) -> li
         if upstream == "library/debian:12" or _current_stand_in(engine, ref):
             continue
         repository, tag = upstream.rsplit(":", 1)
-        cuda_full, kind, _os = tag.split("-", 2)
-        if repository != "nvidia/cuda" or kind not in ("base", "devel"):
+        cuda_full, *kind_parts, _os = tag.split("-")
+        kind = "-".join(kind_parts)
+        if repository != "nvidia/cuda" or kind not in STAND_IN_KINDS:
             raise TestEnvError(f"no stand-in recipe for {upstream}")
         devel = kind == "devel"
         say(f"testenv: building stand-in {ref}")
         major, minor = cuda_full.split(".")[:2]
-        tree = _cuda_tree(_cuda_wheels(cuda_full, devel, say), f"cuda-{major}.{minor}")
+        tree = _cuda_tree(_cuda_wheels(cuda_full, kind, say), f"cuda-{major}.{minor}")
         files = {name: data for name, (data, _mode) in tree.items()}
         modes = {name: mode for name, (_data, mode) in tree.items()}
         files["Dockerfile"] = _stand_in_dockerfile(debian_ref, cuda_full, devel).encode()

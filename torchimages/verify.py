@@ -47,8 +47,7 @@ def parse_report(output: str, exit_code: int) -> VerifyReport:
         raise VerifyError(f"torch-verify exited {exit_code}: {output.strip()[-500:]}")
     gpu = data.get("gpu") or {}
     checks = tuple(
-        Check(name=str(c.get("name")), status=str(c.get("status")), detail=str(c.get("detail", "")))
-        for c in data.get("checks", [])
+        Check(name=str(c.get("name")), status=str(c.get("status")), detail=str(c.get("detail", ""))) for c in data.get("checks", [])
     )
     return VerifyReport(
         ok=bool(data.get("ok")) and exit_code == 0,

@@ -56,9 +56,7 @@ def group_key(spec: ImageSpec) -> tuple[Any, ...]:
     return (spec.python, spec.glibc, spec.wheel_index, spec.requirements)
 
 
-def fetch_wheels(
-    specs: Iterable[ImageSpec], wheelhouse: Path, *, log: TextIO, say: Any = print
-) -> dict[str, WheelSet | WheelError]:
+def fetch_wheels(specs: Iterable[ImageSpec], wheelhouse: Path, *, log: TextIO, say: Any = print) -> dict[str, WheelSet | WheelError]:
     """For each image, fetch what it needs into wheelhouse (each file once) and lock it; errors per image."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple[Any, ...], list[ImageSpec]] = {}

@@ -29,14 +29,10 @@ def _matrix(tmp_path: Path, *, registry: str, repository: str, images: list[dict
 
 
 def _invoke(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False
-    )
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False)
 
 
-def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(
-    engine: Engine, built: list[BuildResult], tmp_path: Path
-) -> None:
+def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(engine: Engine, built: list[BuildResult], tmp_path: Path) -> None:
     fixture = yaml.safe_load(FIXTURE.read_text())["images"]
     cpu, cuda = fixture[0], fixture[1]
     images = [

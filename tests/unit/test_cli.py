@@ -71,9 +71,7 @@ yaml_values = st.recursive(
     yaml_scalars,
     lambda inner: (
         st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(["torch", "cuda", "python", "os", "flavours", "images", "target", "x"]), inner, max_size=4
-        )
+        | st.dictionaries(st.sampled_from(["torch", "cuda", "python", "os", "flavours", "images", "target", "x"]), inner, max_size=4)
     ),
     max_leaves=12,
 )

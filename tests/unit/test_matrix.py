@@ -48,16 +48,12 @@ def test_unquoted_version_is_refused_with_what_was_written() -> None:
 
 
 def test_duplicate_keys_name_both_lines() -> None:
-    found = problems(
-        HEADER + '  - torch: "2.5.1"\n    torch: "2.4.0"\n    cuda: "12.4"\n    python: "3.10"\n    os: ubuntu22.04\n'
-    )
+    found = problems(HEADER + '  - torch: "2.5.1"\n    torch: "2.4.0"\n    cuda: "12.4"\n    python: "3.10"\n    os: ubuntu22.04\n')
     assert found == ["m.yaml:8:5: images[0].torch: duplicate key (first given on line 7)"]
 
 
 def test_unknown_key_suggests_the_right_one() -> None:
-    found = problems(
-        HEADER + '  - torch: "2.5.1"\n    cuda: "12.4"\n    pyhton: "3.10"\n    python: "3.10"\n    os: ubuntu22.04\n'
-    )
+    found = problems(HEADER + '  - torch: "2.5.1"\n    cuda: "12.4"\n    pyhton: "3.10"\n    python: "3.10"\n    os: ubuntu22.04\n')
     assert len(found) == 1
     assert found[0].startswith("m.yaml:9:5: images[0].pyhton: unknown key 'pyhton' (did you mean \"python\"?)")
 
@@ -86,10 +82,7 @@ def test_python_must_be_the_one_the_os_ships() -> None:
 def test_two_entries_with_the_same_tag_are_refused() -> None:
     entry = '  - {torch: "2.5.1", cuda: "12.4", python: "3.10", os: ubuntu22.04}\n'
     found = problems(HEADER + entry + entry)
-    assert (
-        len(found) == 1
-        and "tag '2.5.1-py3.10-cuda12.4-cudnn9-runtime-ubuntu22.04' is also produced by the entry on line 7" in found[0]
-    )
+    assert len(found) == 1 and "tag '2.5.1-py3.10-cuda12.4-cudnn9-runtime-ubuntu22.04' is also produced by the entry on line 7" in found[0]
 
 
 def test_yaml_syntax_error_has_a_position() -> None:
@@ -116,12 +109,12 @@ def test_pypi_default_variant_needs_no_extra_index() -> None:
 def test_aliases_go_to_the_newest_python_only() -> None:
     matrix = expand(
         HEADER
-        + '  - {torch: "2.5.1", cuda: "12.4", python: "3.10", os: ubuntu22.04}\n'
-        + '  - {torch: "2.5.1", cuda: "12.4", python: "3.12", os: ubuntu24.04}\n'
+        + '  - {torch: "2.6.0", cuda: "12.6", python: "3.10", os: ubuntu22.04}\n'
+        + '  - {torch: "2.6.0", cuda: "12.6", python: "3.12", os: ubuntu24.04}\n'
     )
     older, newer = matrix.images
-    assert older.tags == ("2.5.1-py3.10-cuda12.4-cudnn9-runtime-ubuntu22.04",)
-    assert newer.tags == ("2.5.1-py3.12-cuda12.4-cudnn9-runtime-ubuntu24.04", "2.5.1-cuda12.4-runtime", "latest")
+    assert older.tags == ("2.6.0-py3.10-cuda12.6-cudnn9-runtime-ubuntu22.04",)
+    assert newer.tags == ("2.6.0-py3.12-cuda12.6-cudnn9-runtime-ubuntu24.04", "2.6.0-cuda12.6-runtime", "latest")
 
 
 def test_latest_goes_to_the_newest_torch_then_cuda_and_never_to_a_deprecated_entry() -> None:
@@ -145,7 +138,7 @@ def test_filters_select_by_each_field() -> None:
     matrix = load_matrix(ROOT / "images.yaml", base_mirror="")
     pick = lambda **kw: {s.name for s in matrix.images if Filters(**kw).select(s)}  # noqa: E731
     assert pick(cuda=("11.2",)) and all("cuda11.2" in n for n in pick(cuda=("11.2",)))
-    assert pick(cuda=("cpu",)) == {"2.14.1-py3.12-cpu-ubuntu24.04"}
+    assert pick(cuda=("cpu",)) == {"2.11.0-py3.12-cpu-ubuntu24.04", "2.14.1-py3.12-cpu-ubuntu24.04"}
     assert all(n.startswith("2.11.0-") for n in pick(torch=("2.11",)))
     assert all("-devel-" in n for n in pick(flavour=("devel",)))
     assert pick(python=("3.99",)) == set()
@@ -155,3 +148,37 @@ def test_mirror_prefixes_the_base_and_the_environment_overrides(monkeypatch: pyt
     monkeypatch.setenv("TORCH_IMAGES_BASE_MIRROR", "mirror.example:5000/hub")
     matrix = load_matrix(ROOT / "images.yaml")
     assert all(s.base_image == f"mirror.example:5000/hub/{s.base_upstream}" for s in matrix.images)
+
+
+def test_lists_expand_to_every_combination_and_os_follows_python() -> None:
+    entry = '  - {torch: ["2.5.1", "2.6.0"], cuda: ["12.1", "12.4"], python: ["3.10", "3.12"], flavours: [runtime, devel]}\n'
+    exclude = 'exclude:\n  - {torch: "2.6.0", cuda: "12.1"}\n  - {cuda: "12.4", python: "3.12"}\n  - {cuda: "12.1", python: "3.12"}\n'
+    matrix = expand(exclude + HEADER + entry)
+    combos = {(s.torch, s.cuda, s.python, s.os, s.flavour) for s in matrix.images}
+    assert combos == {
+        ("2.5.1", "12.1", "3.10", "ubuntu22.04", "runtime"),
+        ("2.5.1", "12.1", "3.10", "ubuntu22.04", "devel"),
+        ("2.5.1", "12.4", "3.10", "ubuntu22.04", "runtime"),
+        ("2.5.1", "12.4", "3.10", "ubuntu22.04", "devel"),
+        ("2.6.0", "12.4", "3.10", "ubuntu22.04", "runtime"),
+        ("2.6.0", "12.4", "3.10", "ubuntu22.04", "devel"),
+    }
+
+
+def test_an_impossible_combination_in_a_product_names_the_item() -> None:
+    found = problems(HEADER + '  - {torch: ["2.5.1", "2.6.0"], cuda: ["12.1"], python: "3.10"}\n')
+    assert found == ["m.yaml:7:40: images[0].cuda[0]: torch 2.6.0 has no wheel for CUDA 12.1; it has 11.8, 12.4, 12.6, cpu"]
+
+
+def test_an_exclusion_that_matches_nothing_is_an_error() -> None:
+    found = problems('exclude:\n  - {torch: "2.4.0"}\n' + HEADER + '  - {torch: "2.5.1", cuda: "12.4", python: "3.10"}\n')
+    assert found == ["m.yaml:2:5: exclude[0]: matches no image; remove it or fix its fields"]
+
+
+def test_os_outside_nvidia_published_list_is_refused_unless_unchecked() -> None:
+    entry = '  - {torch: "2.5.1", cuda: "12.4", python: "3.12", os: ubuntu24.04}\n'
+    assert problems(HEADER + entry) == [
+        "m.yaml:7:56: images[0].os: nvidia/cuda has no CUDA 12.4 images for ubuntu24.04; it has ubuntu20.04, ubuntu22.04"
+    ]
+    unchecked = HEADER.replace('base:\n  mirror: ""', 'base:\n  mirror: ""\n  check_tags: false')
+    assert expand(unchecked + entry).images[0].base_upstream == "nvidia/cuda:12.4.1-base-ubuntu24.04"

@@ -307,13 +307,15 @@ def test_nvcc_check_runs_nvcc_from_path(
 
 
 def _write_events(logdir: Path) -> None:
-    tensorboardx = pytest.importorskip("tensorboardX")
+    import tensorboardX as tensorboardx
+
     writer = tensorboardx.SummaryWriter(str(logdir))
     writer.add_scalar("loss", 1.0 / 3, 0)
     writer.add_scalar("loss", 2.0, 5)
     writer.close()
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("hide_tensorboard", [False, True], ids=["EventAccumulator", "own-reader"])
 def test_read_events_reads_back_scalars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hide_tensorboard: bool) -> None:
     _write_events(tmp_path)
@@ -324,6 +326,7 @@ def test_read_events_reads_back_scalars(tmp_path: Path, monkeypatch: pytest.Monk
     assert (images, graph) == ([], False)
 
 
+@pytest.mark.torch
 def test_own_event_reader_checks_crc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_events(tmp_path)
     monkeypatch.setitem(sys.modules, "tensorboard.backend.event_processing", None)
@@ -335,10 +338,11 @@ def test_own_event_reader_checks_crc(tmp_path: Path, monkeypatch: pytest.MonkeyP
         verify.read_events(str(tmp_path))
 
 
+@pytest.mark.torch
 def test_tensorboardx_check_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("tensorboardX")
-    pytest.importorskip("tensorboard")  # SummaryWriter.add_graph goes through torch.utils.tensorboard
+    import tensorboard  # noqa: F401  # SummaryWriter.add_graph goes through torch.utils.tensorboard
+    import torch
+
     assert verify.check_tensorboardx(torch)["status"] == "pass"
     real_read_events = verify.read_events
 
@@ -407,8 +411,10 @@ def test_output_of_checked_packages_stays_off_stdout(tmp_path: Path, empty_label
     assert "from fd 1" in proc.stderr
 
 
+@pytest.mark.torch
 def test_cuda_expectation_against_installed_torch(empty_labels: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     wrong = "13.0" if torch.version.cuda is None else "1.0"
     proc = run_script("--json", "--labels-file", str(empty_labels), "--expect-cuda", wrong)
     assert proc.returncode == 1, proc.stderr
@@ -420,8 +426,10 @@ def test_cuda_expectation_against_installed_torch(empty_labels: Path) -> None:
         assert "torch is a CPU build (torch.version.cuda is None)" in check["detail"]
 
 
+@pytest.mark.torch
 def test_matching_expectations_pass(empty_labels: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     proc = run_script(
         "--json",
         "--labels-file",
@@ -439,8 +447,10 @@ def test_matching_expectations_pass(empty_labels: Path) -> None:
     assert document["packages"] == {"json": json.__version__}  # type: ignore[attr-defined]  # missing from typeshed
 
 
+@pytest.mark.torch
 def test_flags_override_labels_file_end_to_end(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"org.torch-images.torch": "0.0.1", "org.torch-images.packages": "json"}))
     from_labels = run_script("--json", "--labels-file", str(labels))
@@ -450,8 +460,10 @@ def test_flags_override_labels_file_end_to_end(tmp_path: Path) -> None:
     assert checks_by_name(json.loads(overridden.stdout))["torch.version"]["status"] == "pass"
 
 
+@pytest.mark.torch
 def test_require_gpu_fails_without_gpu(empty_labels: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here, so --require-gpu cannot fail")
     proc = run_script("--labels-file", str(empty_labels), "--packages", "", "--require-gpu")

@@ -1,0 +1,237 @@
+"""Regenerate what the compatibility table can learn from real indexes, and say what changed.
+
+PyPI (the simple JSON API and PEP 658 wheel metadata) gives every torch release, its CPython
+wheels, the CUDA and cuDNN its default wheel pins, and the torch each torchvision/torchaudio
+release pins. The PyTorch wheel index gives the CUDA variants of each release; Docker Hub the
+nvidia/cuda tags. Sources that cannot be reached are reported and left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .compat import version_key
+
+Fetch = Callable[[str, dict[str, str]], bytes]
+PYPI_SIMPLE = "https://pypi.org/simple/{name}/"
+PYTORCH_INDEX = "https://download.pytorch.org/whl/{name}/"
+DOCKER_HUB_TAGS = "https://hub.docker.com/v2/repositories/nvidia/cuda/tags?page_size=100&name={name}"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+OLDEST = (1, 8, 0)
+WHEEL_RE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)-(?P<version>[^-]+)-cp(?P<py>3\d+)-cp3\d+m?-(?P<plat>[^/]+)\.whl$")
+CUDA_RUNTIME_RE = re.compile(r"^(?:nvidia-cuda-runtime(?:-cu\d+)?|cuda-toolkit(?:\[[^\]]*\])?)\s*==\s*(\d+)\.(\d+)")
+CUDNN_RE = re.compile(r"^nvidia-cudnn-cu\d+\s*==\s*(\d+\.\d+\.\d+)")
+TORCH_PIN_RE = re.compile(r"^torch\s*\(?\s*(==|>=)\s*([0-9.]+)")
+
+
+class RefreshError(Exception):
+    """A source answered with something we cannot read."""
+
+
+def http_fetch(url: str, headers: dict[str, str]) -> bytes:
+    """GET with a timeout; every network call of the refresh goes through here."""
+    request = urllib.request.Request(url, headers={"User-Agent": "torch-images-compat-refresh", **headers})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return bytes(response.read())
+
+
+def _stable(version: str) -> bool:
+    return re.fullmatch(r"\d+\.\d+\.\d+", version) is not None
+
+
+def _linux_wheels(files: list[dict[str, Any]], version: str) -> list[tuple[str, dict[str, Any]]]:
+    """(python X.Y, file) for each CPython manylinux x86_64 wheel of one version."""
+    out = []
+    for item in files:
+        match = WHEEL_RE.match(item["filename"])
+        if match and match["version"] == version and "x86_64" in match["plat"] and "linux" in match["plat"]:
+            out.append((f"{match['py'][0]}.{match['py'][1:]}", item))
+    return out
+
+
+def _requires(fetch: Fetch, item: dict[str, Any]) -> list[str]:
+    """Requires-Dist of a wheel, from its PEP 658 metadata file ([] when the index has none for it)."""
+    try:
+        text = fetch(item["url"] + ".metadata", {}).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+        text = _metadata_by_range(fetch, item["url"], int(item.get("size") or 0))
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+
+
+def _metadata_by_range(fetch: Fetch, url: str, size: int) -> str:
+    """Read METADATA out of a remote wheel with two range requests, not a multi-GB download."""
+    if size < 22:
+        return ""
+    tail = fetch(url, {"Range": f"bytes={max(0, size - 65536)}-{size - 1}"})
+    eocd = tail.rfind(b"PK\x05\x06")
+    if eocd < 0:
+        return ""
+    cd_size, cd_offset = struct.unpack("<II", tail[eocd + 12 : eocd + 20])
+    start = size - len(tail)
+    directory = tail[cd_offset - start :] if cd_offset >= start else fetch(url, {"Range": f"bytes={cd_offset}-{cd_offset + cd_size - 1}"})
+    pos = 0
+    while directory[pos : pos + 4] == b"PK\x01\x02":
+        method, _t, _d, _crc, compressed, _u, name_len, extra_len, comment_len = struct.unpack("<HHHIIIHHH", directory[pos + 10 : pos + 34])
+        local = struct.unpack("<I", directory[pos + 42 : pos + 46])[0]
+        name = directory[pos + 46 : pos + 46 + name_len].decode("utf-8", "replace")
+        pos += 46 + name_len + extra_len + comment_len
+        if name.endswith(".dist-info/METADATA"):
+            blob = fetch(url, {"Range": f"bytes={local}-{local + 30 + 1024 + compressed}"})
+            header_len = 30 + sum(struct.unpack("<HH", blob[26:30]))
+            data = blob[header_len : header_len + compressed]
+            return (zlib.decompress(data, -15) if method == 8 else data).decode("utf-8", "replace")
+    return ""
+
+
+def pypi_torch(fetch: Fetch) -> dict[str, dict[str, Any]]:
+    """Per torch release on PyPI: pythons, and the CUDA/cuDNN its default Linux wheel pins."""
+    data = json.loads(fetch(PYPI_SIMPLE.format(name="torch"), {"Accept": SIMPLE_JSON}))
+    releases: dict[str, dict[str, Any]] = {}
+    for version in data["versions"]:
+        if not _stable(version) or version_key(version) < OLDEST:
+            continue
+        wheels = _linux_wheels(data["files"], version)
+        if not wheels:
+            continue
+        row: dict[str, Any] = {"python": sorted({py for py, _ in wheels}, key=version_key)}
+        for requirement in _requires(fetch, max(wheels, key=lambda w: version_key(w[0]))[1]):
+            if match := CUDA_RUNTIME_RE.match(requirement):
+                row["pypi_default"] = f"cu{match[1]}{match[2]}"
+            if match := CUDNN_RE.match(requirement):
+                row["cudnn_version"] = match[1]
+        releases[version] = row
+    return releases
+
+
+def pypi_companion(fetch: Fetch, name: str) -> dict[str, str]:
+    """torch release (or, for a `>=` pin, torch major.minor) -> the newest torchvision/torchaudio that pins it."""
+    data = json.loads(fetch(PYPI_SIMPLE.format(name=name), {"Accept": SIMPLE_JSON}))
+    pins: dict[str, str] = {}
+    for version in data["versions"]:
+        if not _stable(version):
+            continue
+        wheels = _linux_wheels(data["files"], version)
+        if not wheels:
+            continue
+        for requirement in _requires(fetch, wheels[-1][1]):
+            if (match := TORCH_PIN_RE.match(requirement)) and version_key(match[2]) >= OLDEST:
+                key = match[2] if match[1] == "==" else ".".join(match[2].split(".")[:2])
+                current = pins.get(key)
+                if current is None or version_key(version) > version_key(current):
+                    pins[key] = version
+    return pins
+
+
+def pytorch_index_variants(fetch: Fetch) -> dict[str, set[str]]:
+    """torch release -> CUDA variants (cuXYZ) with Linux x86_64 wheels on the PyTorch index."""
+    page = fetch(PYTORCH_INDEX.format(name="torch"), {}).decode("utf-8", "replace")
+    variants: dict[str, set[str]] = {}
+    for match in re.finditer(r"torch-(\d+\.\d+\.\d+)(?:%2B|\+)(cu\d+|cpu)-cp3\d+-[^\"<]*linux[^\"<]*x86_64\.whl", page):
+        variants.setdefault(match[1], set()).add(match[2])
+    return variants
+
+
+def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """A new table from the current one and what the sources say, and a line per change or skipped source."""
+    today = today or date.today().isoformat()
+    new = json.loads(json.dumps(raw))  # a deep copy of plain data
+    notes: list[str] = []
+    try:
+        torch_rows = pypi_torch(fetch)
+        vision = pypi_companion(fetch, "torchvision")
+        audio = pypi_companion(fetch, "torchaudio")
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        return new, [f"PyPI: unreachable or unreadable ({exc}); nothing refreshed"]
+    source = f"PyPI simple JSON API and wheel metadata, read {today}"
+    vision, audio = _by_release(vision, torch_rows), _by_release(audio, torch_rows)
+    for version, seen in torch_rows.items():
+        row = new["torch"].get(version)
+        if row is None and (version not in vision or "pypi_default" not in seen):
+            notes.append(f"torch {version}: new release, but its torchvision or default CUDA is unknown; add it by hand")
+            continue
+        if row is None:
+            default = seen.get("pypi_default")
+            row = {
+                "torchvision": vision.get(version),
+                "torchaudio": audio.get(version),
+                "python": seen["python"],
+                "variants": {default: {"cudnn": seen.get("cudnn_version", "9").split(".")[0]}} if default else {},
+                "cpu": True,
+                "pypi_default": default,
+                "source": [source],
+            }
+            new["torch"][version] = row
+            notes.append(f"torch {version}: new release (python {', '.join(seen['python'])}, PyPI default {default})")
+            continue
+        _update(row, "python", seen["python"], version, notes, source)
+        if "pypi_default" in seen:
+            _update(row, "pypi_default", seen["pypi_default"], version, notes, source)
+            row["variants"].setdefault(seen["pypi_default"], {"cudnn": seen.get("cudnn_version", "9").split(".")[0]})
+        if version in vision:
+            _update(row, "torchvision", vision[version], version, notes, source)
+        if version in audio:
+            _update(row, "torchaudio", audio[version], version, notes, source)
+        if "cudnn_version" in seen and "pypi_default" in seen:
+            variant = row["variants"][seen["pypi_default"]]
+            if variant.get("cudnn_version") != seen["cudnn_version"]:
+                variant["cudnn_version"] = seen["cudnn_version"]
+                notes.append(f"torch {version}: {seen['pypi_default']} wheels pin cuDNN {seen['cudnn_version']}")
+    try:
+        index = pytorch_index_variants(fetch)
+    except (urllib.error.URLError, OSError) as exc:
+        notes.append(f"download.pytorch.org: unreachable ({exc}); CUDA variant lists kept as they are")
+    else:
+        for version, found in index.items():
+            row = new["torch"].get(version)
+            if row is None:
+                continue
+            for variant in sorted(found - {"cpu"} - set(row["variants"])):
+                row["variants"][variant] = {"cudnn": "9" if version_key(version) >= (2, 4) else "8"}
+                notes.append(f"torch {version}: the PyTorch index has {variant} wheels")
+    try:
+        fetch(DOCKER_HUB_TAGS.format(name="base-ubuntu"), {})
+    except (urllib.error.URLError, OSError) as exc:
+        notes.append(f"hub.docker.com: unreachable ({exc}); nvidia/cuda tags kept as they are")
+    new["torch"] = dict(sorted(new["torch"].items(), key=lambda kv: version_key(kv[0]), reverse=True))
+    return new, notes
+
+
+def _by_release(pins: dict[str, str], releases: dict[str, Any]) -> dict[str, str]:
+    """Resolve pins keyed by exact release or (for `>=` pins) by major.minor to exact releases."""
+    out = {}
+    for version in releases:
+        found = pins.get(version) or pins.get(".".join(version.split(".")[:2]))
+        if found:
+            out[version] = found
+    return out
+
+
+def _update(row: dict[str, Any], key: str, value: Any, version: str, notes: list[str], source: str) -> None:
+    if row.get(key) != value:
+        notes.append(f"torch {version}: {key} {row.get(key)} -> {value}")
+        row[key] = value
+        if source not in row["source"]:
+            row["source"].append(source)
+
+
+def write_table(path: Path, raw: dict[str, Any]) -> None:
+    """Rewrite the data file, keeping its leading comment block."""
+    header = []
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    path.write_text("".join(header) + yaml.safe_dump(raw, sort_keys=False, width=120, allow_unicode=True))

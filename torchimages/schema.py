@@ -1,0 +1,119 @@
+"""Readers for the fields of images.yaml: each checks a type and records a positioned Problem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Document, Path_, Problem, did_you_mean, scalar_kind, version_problem
+from .model import Package
+
+# Import names for requirements whose module differs from the distribution name.
+KNOWN_MODULES = {"pyyaml": "yaml", "jupyter": "jupyterlab", "pillow": "PIL", "scikit-learn": "sklearn"}
+
+
+def unknown_keys(doc: Document, path: Path_, data: dict[str, Any], keys: tuple[str, ...], problems: list[Problem]) -> None:
+    for key in data:
+        if key not in keys:
+            problems.append(doc.problem((*path, key), f"unknown key {key!r}{did_you_mean(key, keys)}; valid: {', '.join(keys)}", key=True))
+
+
+def section(doc: Document, data: dict[str, Any], key: str, keys: tuple[str, ...], problems: list[Problem]) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        problems.append(doc.problem((key,), f"must be a mapping with keys {', '.join(keys)}, got {scalar_kind(value)}"))
+        return {}
+    unknown_keys(doc, (key,), value, keys, problems)
+    return value
+
+
+def string(doc: Document, path: Path_, value: Any, problems: list[Problem], *, required: bool = False) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        problems.append(doc.problem(path, f"must be a string, got {scalar_kind(value)}"))
+        return ""
+    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+        problems.append(doc.problem(path, f"must not contain whitespace or control characters: {value!r}"))
+        return ""
+    return value
+
+
+def boolean(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> bool:
+    if not isinstance(value, bool):
+        problems.append(doc.problem(path, f"must be true or false, got {scalar_kind(value)}"))
+        return False
+    return value
+
+
+def versions(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> list[tuple[str, Path_]]:
+    """A version or a list of versions, each with its own path for messages."""
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    if isinstance(value, list) and not value:
+        problems.append(doc.problem(path, "must not be an empty list"))
+    out = []
+    for index, item in items:
+        item_path = path if index is None else (*path, index)
+        if (bad := version_problem(doc, item_path, item)) is not None:
+            problems.append(bad)
+        else:
+            out.append((str(item), item_path))
+    return out
+
+
+def words(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        problems.append(doc.problem(path, f"must be a list of names, got {scalar_kind(value)}"))
+        return ()
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item or not all(ch.isalnum() or ch in "+-._:" for ch in item):
+            problems.append(doc.problem((*path, i), f"not a package name: {item!r}"))
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def packages(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> tuple[Package, ...]:
+    """Strings are pip requirements; {pip: ..., import: ...} names the module when it differs."""
+    if not isinstance(value, list):
+        problems.append(doc.problem(path, f"must be a list of pip requirements, got {scalar_kind(value)}"))
+        return ()
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict):
+            unknown_keys(doc, (*path, i), item, ("pip", "import"), problems)
+            req, module = item.get("pip"), item.get("import")
+        else:
+            req, module = item, None
+        if not isinstance(req, str) or not req.strip() or any(ch.isspace() or ch in "\"'`$\\;" for ch in req):
+            problems.append(doc.problem((*path, i), f'not a pip requirement: {req!r} (write e.g. "pandas" or "scipy>=1.11")'))
+            continue
+        dist = req
+        for sep in "<>=!~[;@":
+            dist = dist.split(sep, 1)[0]
+        module = module if isinstance(module, str) else KNOWN_MODULES.get(dist.lower(), dist.replace("-", "_"))
+        out.append(Package(requirement=req, module=module))
+    return tuple(out)
+
+
+def choices(
+    doc: Document, path: Path_, value: Any, valid: tuple[str, ...], problems: list[Problem], *, what: str, context: str
+) -> tuple[str, ...]:
+    """A non-empty list of distinct words, each one of valid."""
+    if not isinstance(value, list) or not value:
+        problems.append(doc.problem(path, f"must be a list of {', '.join(valid)}"))
+        return ()
+    out: list[str] = []
+    for i, item in enumerate(value):
+        if item not in valid:
+            problems.append(
+                doc.problem(
+                    (*path, i),
+                    f"unknown {what} {item!r}{did_you_mean(str(item), valid)}; valid {context}: {', '.join(valid)}",
+                )
+            )
+        elif item in out:
+            problems.append(doc.problem((*path, i), f"{what} {item!r} given twice"))
+        else:
+            out.append(item)
+    return tuple(out)
