@@ -15,6 +15,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from torchimages import matrix as matrix_mod
+from torchimages.compat import version_key
 from torchimages.config import ConfigError
 from torchimages.engine import EngineError
 from torchimages.wheels import WheelError
@@ -54,7 +55,16 @@ def _select(matrix: matrix_mod.Matrix, cuda: list[str], torch: list[str], python
     filters = matrix_mod.Filters(cuda=tuple(cuda), torch=tuple(torch), python=tuple(python), flavour=tuple(flavour))
     selected = [spec for spec in matrix.images if filters.select(spec)]
     if not selected:
-        raise Exit(f"no image in {matrix.file} matches the filters {filters}", code=1)
+        given = [(name, values) for name, values in (("cuda", cuda), ("torch", torch), ("python", python), ("flavour", flavour)) if values]
+        asked = " ".join(f"--{name} {value}" for name, values in given for value in values)
+        has = {
+            "cuda": {s.cuda or "cpu" for s in matrix.images},
+            "torch": {s.torch for s in matrix.images},
+            "python": {s.python for s in matrix.images},
+            "flavour": {s.flavour for s in matrix.images},
+        }
+        valid = "; ".join(f"{name}: {', '.join(sorted(has[name], key=version_key))}" for name, _ in given)
+        raise Exit(f"no image in {matrix.file} matches {asked}; the matrix has {valid}", code=1)
     return selected
 
 

@@ -226,6 +226,7 @@ def _spec(
         flavour=flavour,
         cuda=wheel.cuda.version if wheel.cuda else None,
         cuda_full=wheel.cuda.full if wheel.cuda else None,
+        min_driver=wheel.cuda.min_driver if wheel.cuda else None,
         wheel_variant=wheel.variant,
         wheel_cuda=wheel_cuda,
         wheel_reason=wheel.reason,

@@ -24,6 +24,7 @@ def spec_record(spec: ImageSpec) -> dict[str, Any]:
         "wheel_reason": spec.wheel_reason,
         "wheel_index": spec.wheel_index or "pip default (PyPI)",
         "cudnn": spec.cudnn,
+        "min_driver": spec.min_driver,
         "flavour": spec.flavour,
         "os": spec.os,
         "base_image": spec.base_image,

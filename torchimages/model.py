@@ -29,6 +29,7 @@ class ImageSpec:
     flavour: str  # runtime | devel | cpu
     cuda: str | None  # the base image's CUDA major.minor
     cuda_full: str | None
+    min_driver: str | None  # the minimum Linux driver for the base's CUDA (CUDA release notes, Table 3)
     wheel_variant: str  # cu130 | cpu
     wheel_cuda: str | None
     wheel_reason: str

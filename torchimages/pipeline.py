@@ -113,7 +113,7 @@ def _build_one(
             if image_id is not None:
                 console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
                 status = "unchanged"
-                report = None
+                report = _report_from_labels(engine, image_id)
             else:
                 console(spec.name, "building")
                 built = engine.build(context, log=log, labels={BUILD_HASH_LABEL: inputs}, on_step=lambda step: console(spec.name, step))
@@ -150,6 +150,21 @@ def _existing(engine: Engine, inputs: str) -> str | None:
         if info.labels.get("org.torch-images.verified") == "true":
             return info.id
     return None
+
+
+def _report_from_labels(engine: Engine, image_id: str) -> VerifyReport:
+    """What verification saw when a reused image was built, as its labels recorded it."""
+    info = engine.image(image_id)
+    labels = info.labels if info else {}
+
+    def seen(key: str) -> str | None:
+        value = labels.get(f"org.torch-images.{key}")
+        return None if value in (None, "none") else value
+
+    return VerifyReport(
+        ok=True, exit_code=0, torch=seen("torch"), torch_cuda=seen("cuda"), cudnn=seen("cudnn"), python=seen("python"), gpu=False,
+        packages={m: seen(m) for m in ("torchvision", "torchaudio") if seen(m)}, output="reused: verified when it was built",
+    )  # fmt: skip
 
 
 def _finalize(engine: Engine, built: str, report: VerifyReport, log: TextIO) -> str:

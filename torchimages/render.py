@@ -46,6 +46,7 @@ def expected_labels(spec: ImageSpec) -> dict[str, str]:
         f"{p}.torchaudio": spec.torchaudio or "none",
         f"{p}.cuda": spec.wheel_cuda or "none",
         f"{p}.base-cuda": spec.cuda or "none",
+        f"{p}.min-driver": spec.min_driver or "none",
         f"{p}.cudnn": spec.cudnn or "none",
         f"{p}.python": spec.python,
         f"{p}.flavour": spec.flavour,

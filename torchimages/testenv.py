@@ -75,6 +75,7 @@ def ensure_engine(say: Say) -> Engine:
             what="apt-get install",
             log=log,
         )
+    _remove_stale_pid_file(Path("/var/run/docker.pid"))
     say("testenv: starting dockerd")
     dockerd_log = open(STATE / "dockerd.log", "ab")  # noqa: SIM115 - handed to the daemon
     subprocess.Popen(["dockerd"], stdout=dockerd_log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -86,6 +87,20 @@ def ensure_engine(say: Say) -> Engine:
         except EngineUnavailable:
             continue
     raise TestEnvError(f"dockerd did not answer within 90 s; see {STATE / 'dockerd.log'}")
+
+
+def _remove_stale_pid_file(path: Path) -> None:
+    """dockerd refuses to start over the pid file of a daemon that was killed (as at the end of a session)."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+    except PermissionError:
+        pass
 
 
 def registry_up() -> bool:
