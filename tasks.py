@@ -106,6 +106,10 @@ def build(
         results = build_images(matrix, specs, options)
     print(Path(out_dir, "report.md").read_text())
     failed = [r for r in results if r.status == "failed"]
+    for result in failed:
+        log = Path(out_dir, "logs", f"{result.spec.name}.log")
+        tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
+        print(f"--- {result.spec.name}: the end of {log} ---", *tail, sep="\n", file=sys.stderr)
     if failed:
         raise Exit(f"{len(failed)} of {len(results)} images failed: " + ", ".join(r.spec.name for r in failed), code=1)
 

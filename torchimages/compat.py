@@ -28,6 +28,7 @@ class TorchRelease:
     variants: dict[str, str]  # cuXYZ -> cuDNN major carried by those wheels
     cpu: bool
     pypi_default: str | None
+    pending: str | None = None  # why images of this release cannot be built yet
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def load_compat() -> Compat:
             variants={str(k): str(val["cudnn"]) for k, val in row["variants"].items()},
             cpu=bool(row["cpu"]),
             pypi_default=_str_or_none(row.get("pypi_default")),
+            pending=_str_or_none(row.get("pending")),
         )
         for v, row in raw["torch"].items()
     }

@@ -159,11 +159,12 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
     vision, audio = _by_release(vision, torch_rows), _by_release(audio, torch_rows)
     for version, seen in torch_rows.items():
         row = new["torch"].get(version)
-        if row is None and (version not in vision or "pypi_default" not in seen):
-            notes.append(f"torch {version}: new release, but its torchvision or default CUDA is unknown; add it by hand")
+        if row is None and "pypi_default" not in seen:
+            notes.append(f"torch {version}: new release, but the CUDA of its PyPI wheel is unknown; add it by hand")
             continue
         if row is None:
             default = seen.get("pypi_default")
+            pending = None if version in vision else f"no torchvision release for torch {version} is on PyPI yet"
             row = {
                 "torchvision": vision.get(version),
                 "torchaudio": audio.get(version),
@@ -171,11 +172,15 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
                 "variants": {default: {"cudnn": seen.get("cudnn_version", "9").split(".")[0]}} if default else {},
                 "cpu": True,
                 "pypi_default": default,
+                **({"pending": pending} if pending else {}),
                 "source": [source],
             }
             new["torch"][version] = row
             notes.append(f"torch {version}: new release (python {', '.join(seen['python'])}, PyPI default {default})")
             continue
+        if row.get("pending") and version in vision:
+            notes.append(f"torch {version}: torchvision {vision[version]} is out; no longer pending")
+            del row["pending"]
         _update(row, "python", seen["python"], version, notes, source)
         if "pypi_default" in seen:
             _update(row, "pypi_default", seen["pypi_default"], version, notes, source)

@@ -97,6 +97,9 @@ def expand_entry(
             continue
         if excluded(exclusions, torch=torch_v):
             continue
+        if release.pending:
+            problems.append(doc.problem(torch_path, f"torch {torch_v} cannot be built yet: {release.pending}"))
+            continue
         for cuda_v, cuda_path in cudas:
             if excluded(exclusions, torch=torch_v, cuda=cuda_v):
                 continue

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +116,17 @@ def test_pull_back_by_digest_and_verify_again(engine: Engine, built: list[BuildR
         assert report.torch is not None and report.torch.split("+")[0] == result.spec.torch
         for ref in result.tags:  # put the tags back for the tests that follow
             engine.pull(ref)
+
+
+def test_invoke_verify_prints_a_table_and_json(cpu_image: str) -> None:
+    root = Path(__file__).parents[2]
+    table = subprocess.run([sys.executable, "-m", "invoke", "verify", "--image", cpu_image], cwd=root, capture_output=True, text=True)
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert table.stdout.strip().endswith(f"{cpu_image}: verified")
+    assert any(line.startswith("tensorboardX") and "PASS" in line for line in table.stdout.splitlines())
+    as_json = subprocess.run(
+        [sys.executable, "-m", "invoke", "verify", "--image", cpu_image, "--json", "--gpus", "none"],
+        cwd=root, capture_output=True, text=True,
+    )  # fmt: skip
+    document = json.loads(as_json.stdout)
+    assert as_json.returncode == 0 and document["ok"] is True and document["torch"].endswith("+cpu")

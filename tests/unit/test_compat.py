@@ -89,6 +89,7 @@ def pypi() -> FakePyPI:
     fake.add("torch", "2.99.0", ['cuda-toolkit[cudart]==13.0.2; platform_system == "Linux"', "nvidia-cudnn-cu13==9.30.0.1"],
              metadata_file=False)  # fmt: skip
     fake.add("torch", "2.99.1rc1", [])
+    fake.add("torch", "3.0.0", ["nvidia-cuda-runtime==13.2.1"])  # no torchvision for it yet
     fake.add("torchvision", "0.20.1", ["torch==2.5.1"])
     fake.add("torchvision", "0.99.0", ["torch (>=2.99.0)"], metadata_file=False)
     fake.add("torchaudio", "2.5.1", ["torch==2.5.1"])
@@ -103,11 +104,12 @@ def test_refresh_adds_new_releases_from_pypi_and_reports_each_change(pypi: FakeP
     assert (row["torchvision"], row["torchaudio"], row["pypi_default"], row["python"]) == ("0.99.0", None, "cu130", ["3.12"])
     assert row["variants"] == {"cu130": {"cudnn": "9"}}
     assert "2.99.1rc1" not in new["torch"]  # pre-releases are not releases
+    assert new["torch"]["3.0.0"]["pending"] == "no torchvision release for torch 3.0.0 is on PyPI yet"
     assert "torch 2.5.1: python ['3.9', '3.10'] -> ['3.12']" in notes
     assert "torch 2.5.1: cu124 wheels pin cuDNN 9.1.0" in notes
     assert any(n.startswith("download.pytorch.org: unreachable") for n in notes)
     assert current["torch"]["2.5.1"]["python"] == ["3.9", "3.10"]  # the input is not modified
-    assert list(new["torch"]) == ["2.99.0", "2.5.1"]
+    assert list(new["torch"]) == ["3.0.0", "2.99.0", "2.5.1"]
 
 
 def test_refresh_reports_an_unreachable_pypi_and_changes_nothing() -> None:
