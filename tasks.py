@@ -76,6 +76,7 @@ def _select(matrix: matrix_mod.Matrix, cuda: list[str], torch: list[str], python
         "gpus": "GPUs for verification: auto (when the engine has the nvidia runtime), all, none",
         "rebuild": "build even when a verified image with the same inputs exists",
         "out_dir": "where report.json, report.md and logs/ go (default: build)",
+        "dry_run": "show what would be built, tagged and pushed; touch no engine, registry or network",
     },
     iterable=["cuda", "torch", "python", "flavour"],
 )
@@ -91,6 +92,7 @@ def build(
     gpus: str = "auto",
     rebuild: bool = False,
     out_dir: str = "build",
+    dry_run: bool = False,
 ) -> None:
     """Render, build, verify, tag (and push) every matching image of the matrix."""
     from torchimages.pipeline import BuildOptions, build_images
@@ -102,6 +104,13 @@ def build(
     with _clean_errors():
         matrix = _load(config)
         specs = _select(matrix, cuda or [], torch or [], python or [], flavour or [])
+        if dry_run:
+            from torchimages.listing import format_matrix
+
+            print(format_matrix(specs, "table", config=config))
+            verb = "push" if push else "tag (no --push)"
+            print(f"\nwould build and verify {len(specs)} images, then {verb}:", *(f"  {ref}" for s in specs for ref in s.refs), sep="\n")
+            return
         options = BuildOptions(push=push, jobs=jobs, gpus=gpus, rebuild=rebuild, out_dir=Path(out_dir).resolve())
         results = build_images(matrix, specs, options)
     print(Path(out_dir, "report.md").read_text())

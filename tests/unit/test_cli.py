@@ -56,6 +56,14 @@ def test_matrix_json_lists_wheel_and_base_for_cuda_11_2() -> None:
     assert all(i["tags"] and i["cudnn"] == "8" and i["python"] == "3.8" for i in images)
 
 
+def test_dry_run_names_every_ref_and_needs_no_engine() -> None:
+    done = invoke("build", "--cuda", "11.2", "--flavour", "devel", "--dry-run", "--push")
+    assert done.returncode == 0, done.stderr
+    refs = [line.strip() for line in done.stdout.splitlines() if line.startswith("  ghcr.io/")]
+    assert len(refs) == 6 and all(":" in ref and "cuda11.2" in ref for ref in refs)
+    assert "would build and verify 3 images, then push:" in done.stdout
+
+
 def test_github_matrix_selects_each_image_alone() -> None:
     done = invoke("matrix", "--format", "github")
     include = json.loads(done.stdout)["include"]

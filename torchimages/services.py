@@ -1,0 +1,135 @@
+"""The services the tests need, started idempotently: a Docker engine and a registry on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from .engine import Engine, EngineUnavailable
+from .render import ROOT
+
+STATE = ROOT / "build" / "testenv"
+REGISTRY = "127.0.0.1:5000"
+MIRROR = f"{REGISTRY}/mirror"
+REGISTRY_DATA = Path("/var/lib/torch-images-registry")
+
+Say = Callable[[str], None]
+
+
+class TestEnvError(Exception):
+    """The test environment could not be set up."""
+
+
+def run_logged(command: list[str], *, what: str, timeout: int = 1800, log: Path | None = None) -> None:
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    try:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise TestEnvError(f"{what}: ran past {timeout} s") from None
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    if done.returncode != 0:
+        hint = f"; see {log}" if log else ""
+        raise TestEnvError(f"{what}: `{' '.join(command)}` exited {done.returncode}{hint}")
+
+
+def ensure_engine(say: Say) -> Engine:
+    """A running engine: reuse one that answers, else install Debian's docker.io and start dockerd."""
+    try:
+        return Engine()
+    except EngineUnavailable:
+        pass
+    if os.geteuid() != 0:
+        raise TestEnvError("no Docker engine answers and this is not root: start dockerd, or run `invoke testenv` as root")
+    STATE.mkdir(parents=True, exist_ok=True)
+    log = STATE / "apt.log"
+    if not shutil.which("dockerd") or not shutil.which("docker-registry") or not shutil.which("debootstrap"):
+        say("testenv: installing docker.io, docker-registry, debootstrap (Debian packages)")
+        env_cmd = ["env", "DEBIAN_FRONTEND=noninteractive"]
+        run_logged(["apt-get", "update", "-q"], what="apt-get update", log=log)
+        run_logged(
+            [*env_cmd, "apt-get", "install", "-y", "-q", "docker.io", "docker-registry", "debootstrap"],
+            what="apt-get install",
+            log=log,
+        )
+    _remove_stale_pid_file(Path("/var/run/docker.pid"))
+    say("testenv: starting dockerd")
+    dockerd_log = open(STATE / "dockerd.log", "ab")  # noqa: SIM115 - handed to the daemon
+    subprocess.Popen(["dockerd"], stdout=dockerd_log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            return Engine()
+        except EngineUnavailable:
+            continue
+    raise TestEnvError(f"dockerd did not answer within 90 s; see {STATE / 'dockerd.log'}")
+
+
+def _remove_stale_pid_file(path: Path) -> None:
+    """dockerd refuses to start over the pid file of a daemon that was killed (as at the end of a session)."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+    except PermissionError:
+        pass
+
+
+def registry_up() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def ensure_registry(say: Say) -> None:
+    """Debian's docker-registry on 127.0.0.1:5000, storing under /var/lib/torch-images-registry."""
+    if registry_up():
+        return
+    if not shutil.which("docker-registry"):
+        raise TestEnvError("docker-registry is not installed (apt-get install docker-registry)")
+    STATE.mkdir(parents=True, exist_ok=True)
+    config = STATE / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {REGISTRY_DATA}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: {REGISTRY}\n"
+    )
+    say(f"testenv: starting a registry on {REGISTRY}")
+    log = open(STATE / "registry.log", "ab")  # noqa: SIM115 - handed to the daemon
+    subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if registry_up():
+            return
+        time.sleep(0.5)
+    raise TestEnvError(f"the registry did not answer on {REGISTRY}; see {STATE / 'registry.log'}")
+
+
+def in_registry(ref: str) -> bool:
+    """True when the loopback registry serves a manifest for ref."""
+    name, tag = ref.removeprefix(f"{REGISTRY}/").rsplit(":", 1)
+    request = urllib.request.Request(
+        f"http://{REGISTRY}/v2/{name}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
