@@ -240,5 +240,32 @@ def refresh(c: Context, write: bool = False) -> None:
         print(f"wrote {path.relative_to(ROOT)}")
 
 
-compat = Collection("compat", refresh)
+@task(help={"torch": "a torch release, e.g. 2.5.1", "cuda": "a CUDA version, e.g. 12.4"})
+def show(c: Context, torch: str = "", cuda: str = "") -> None:
+    """Show the compatibility table's row for a torch release and/or a CUDA version (with nvidia/cuda tags)."""
+    from torchimages.compat import base_tags, describe_variants, load_compat
+
+    table = load_compat()
+    if not torch and not cuda:
+        raise Exit("give --torch and/or --cuda", code=2)
+    if torch:
+        row = table.torch.get(torch)
+        if row is None:
+            raise Exit(f"unknown torch release {torch!r}; known: {', '.join(sorted(table.torch, key=version_key))}", code=1)
+        print(f"torch {row.version}: torchvision {row.torchvision or 'none'}, torchaudio {row.torchaudio or 'none'}")
+        print(f"  python {', '.join(row.python)}; wheels for CUDA {describe_variants(row)}; PyPI default {row.pypi_default or 'unknown'}")
+        print("  cuDNN major by variant: " + ", ".join(f"{v} {m}" for v, m in sorted(row.variants.items())))
+        if row.pending:
+            print(f"  not buildable yet: {row.pending}")
+    if cuda:
+        release = table.cuda.get(cuda)
+        if release is None:
+            raise Exit(f"unknown CUDA version {cuda!r}; known: {', '.join(sorted(table.cuda, key=version_key))}", code=1)
+        print(f"CUDA {release.version} ({release.full}): cuDNN {release.cudnn} tagged '{release.cudnn_tag}'")
+        print(f"  minimum Linux driver {release.min_driver}; os {', '.join(release.os)}")
+        for flavour, tags in base_tags(release).items():
+            print(f"  {flavour:14} " + "  ".join(f"nvidia/cuda:{tag}" for tag in tags))
+
+
+compat = Collection("compat", refresh, show)
 ns = Collection(build, verify, matrix, render, testenv, test, compat)

@@ -64,6 +64,14 @@ def test_dry_run_names_every_ref_and_needs_no_engine() -> None:
     assert "would build and verify 3 images, then push:" in done.stdout
 
 
+def test_compat_show_lists_tags_and_pending_releases() -> None:
+    done = invoke("compat.show", "--cuda", "12.3", "--torch", "2.15.0")
+    assert done.returncode == 0, done.stderr
+    assert "nvidia/cuda:12.3.2-cudnn9-devel-ubuntu22.04" in done.stdout
+    assert "not buildable yet: no torchvision release" in done.stdout
+    assert invoke("compat.show", "--cuda", "12.99").returncode == 1
+
+
 def test_github_matrix_selects_each_image_alone() -> None:
     done = invoke("matrix", "--format", "github")
     include = json.loads(done.stdout)["include"]
