@@ -254,7 +254,7 @@ def show(c: Context, torch: str = "", cuda: str = "") -> None:
             raise Exit(f"unknown torch release {torch!r}; known: {', '.join(sorted(table.torch, key=version_key))}", code=1)
         print(f"torch {row.version}: torchvision {row.torchvision or 'none'}, torchaudio {row.torchaudio or 'none'}")
         print(f"  python {', '.join(row.python)}; wheels for CUDA {describe_variants(row)}; PyPI default {row.pypi_default or 'unknown'}")
-        print("  cuDNN major by variant: " + ", ".join(f"{v} {m}" for v, m in sorted(row.variants.items())))
+        print("  cuDNN by variant: " + ", ".join(f"{v} {row.cudnn_versions.get(v, m)}" for v, m in sorted(row.variants.items())))
         if row.pending:
             print(f"  not buildable yet: {row.pending}")
     if cuda:

@@ -26,6 +26,7 @@ class TorchRelease:
     torchaudio: str | None
     python: tuple[str, ...]
     variants: dict[str, str]  # cuXYZ -> cuDNN major carried by those wheels
+    cudnn_versions: dict[str, str]  # cuXYZ -> the cuDNN version, where a source gives it
     cpu: bool
     pypi_default: str | None
     pending: str | None = None  # why images of this release cannot be built yet
@@ -73,6 +74,7 @@ def load_compat() -> Compat:
             torchaudio=_str_or_none(row["torchaudio"]),
             python=tuple(str(p) for p in row["python"]),
             variants={str(k): str(val["cudnn"]) for k, val in row["variants"].items()},
+            cudnn_versions={str(k): str(val["cudnn_version"]) for k, val in row["variants"].items() if "cudnn_version" in val},
             cpu=bool(row["cpu"]),
             pypi_default=_str_or_none(row.get("pypi_default")),
             pending=_str_or_none(row.get("pending")),

@@ -169,7 +169,7 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
                 "torchvision": vision.get(version),
                 "torchaudio": audio.get(version),
                 "python": seen["python"],
-                "variants": {default: {"cudnn": seen.get("cudnn_version", "9").split(".")[0]}} if default else {},
+                "variants": {default: _variant(seen)} if default else {},
                 "cpu": True,
                 "pypi_default": default,
                 **({"pending": pending} if pending else {}),
@@ -184,7 +184,7 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
         _update(row, "python", seen["python"], version, notes, source)
         if "pypi_default" in seen:
             _update(row, "pypi_default", seen["pypi_default"], version, notes, source)
-            row["variants"].setdefault(seen["pypi_default"], {"cudnn": seen.get("cudnn_version", "9").split(".")[0]})
+            row["variants"].setdefault(seen["pypi_default"], _variant(seen))
         if version in vision:
             _update(row, "torchvision", vision[version], version, notes, source)
         if version in audio:
@@ -212,6 +212,12 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
         notes.append(f"hub.docker.com: unreachable ({exc}); nvidia/cuda tags kept as they are")
     new["torch"] = dict(sorted(new["torch"].items(), key=lambda kv: version_key(kv[0]), reverse=True))
     return new, notes
+
+
+def _variant(seen: dict[str, Any]) -> dict[str, str]:
+    """The variant row for PyPI's default wheel: the cuDNN it pins (major, and version when read)."""
+    version = seen.get("cudnn_version")
+    return {"cudnn": version.split(".")[0], "cudnn_version": version} if version else {"cudnn": "9"}
 
 
 def _by_release(pins: dict[str, str], releases: dict[str, Any]) -> dict[str, str]:

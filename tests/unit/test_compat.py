@@ -102,7 +102,7 @@ def test_refresh_adds_new_releases_from_pypi_and_reports_each_change(pypi: FakeP
     new, notes = compat_refresh.refresh(current, pypi, today="2026-01-01")
     row = new["torch"]["2.99.0"]
     assert (row["torchvision"], row["torchaudio"], row["pypi_default"], row["python"]) == ("0.99.0", None, "cu130", ["3.12"])
-    assert row["variants"] == {"cu130": {"cudnn": "9"}}
+    assert row["variants"] == {"cu130": {"cudnn": "9", "cudnn_version": "9.30.0"}}
     assert "2.99.1rc1" not in new["torch"]  # pre-releases are not releases
     assert new["torch"]["3.0.0"]["pending"] == "no torchvision release for torch 3.0.0 is on PyPI yet"
     assert "torch 2.5.1: python ['3.9', '3.10'] -> ['3.12']" in notes
