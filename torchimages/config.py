@@ -101,14 +101,30 @@ def load_document(path: Path | str, text: str | None = None) -> Document:
     if len(nodes) > 1:
         mark = nodes[1].start_mark
         raise ConfigError([Problem(name, mark.line + 1, 1, "", "expected one YAML document, found several")])
-    doc.data = _convert(doc, nodes[0], ()) if nodes else None
+    try:
+        doc.data = _convert(doc, nodes[0], (), ()) if nodes else None
+    except _TooLarge:
+        raise ConfigError([Problem(name, 1, 1, "", f"the document expands to more than {MAX_VALUES} values (aliases?)")]) from None
     if doc.problems:
         raise ConfigError(doc.problems)
     return doc
 
 
-def _convert(doc: Document, node: yaml.Node, path: Path_) -> Any:
+MAX_VALUES = 100_000  # an alias bomb expands without end; no real matrix comes near this
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _convert(doc: Document, node: yaml.Node, path: Path_, parents: tuple[int, ...]) -> Any:
     doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if len(doc.marks) > MAX_VALUES:
+        raise _TooLarge
+    if id(node) in parents:  # an alias to one of its own parents: `a: &x [*x]`
+        doc.problems.append(doc.problem(path, "a YAML alias refers to a value that contains it"))
+        return None
+    parents = (*parents, id(node))
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -127,10 +143,10 @@ def _convert(doc: Document, node: yaml.Node, path: Path_) -> Any:
                 doc.problems.append(Problem(doc.file, line, col, field_name(child), f"duplicate key (first given on line {first[0]})"))
                 continue
             doc.key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _convert(doc, value_node, child)
+            out[key] = _convert(doc, value_node, child, parents)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(doc, item, (*path, i)) for i, item in enumerate(node.value)]
+        return [_convert(doc, item, (*path, i), parents) for i, item in enumerate(node.value)]
     if isinstance(node, yaml.ScalarNode):
         doc.raw[path] = node.value
     loader = yaml.SafeLoader("")

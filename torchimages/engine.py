@@ -108,7 +108,10 @@ class Engine:
     # -- information ----------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return dict(self._client.info())
+        try:
+            return dict(self._client.info())
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"cannot read the engine's info: {exc}") from None
 
     def has_nvidia_runtime(self) -> bool:
         """True when the engine can hand GPUs to containers."""
@@ -120,8 +123,8 @@ class Engine:
             raw = self._api.inspect_image(ref)
         except docker.errors.ImageNotFound:
             return None
-        except docker.errors.APIError as exc:
-            raise EngineError(f"cannot inspect {ref}: {exc.explanation or exc}") from None
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"cannot inspect {ref}: {getattr(exc, 'explanation', None) or exc}") from None
         return ImageInfo(
             id=raw["Id"],
             size=int(raw.get("Size") or 0),
@@ -132,11 +135,17 @@ class Engine:
 
     def history(self, ref: str) -> list[str]:
         """The command that created each layer of an image."""
-        return [str(layer.get("CreatedBy", "")) for layer in self._api.history(ref)]
+        try:
+            return [str(layer.get("CreatedBy", "")) for layer in self._api.history(ref)]
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"cannot read the history of {ref}: {exc}") from None
 
     def images_with_label(self, key: str, value: str) -> list[ImageInfo]:
         """Local images carrying label key=value."""
-        found = self._api.images(filters={"label": f"{key}={value}"}, quiet=True)
+        try:
+            found = self._api.images(filters={"label": f"{key}={value}"}, quiet=True)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"cannot list images: {exc}") from None
         return [info for ref in found if (info := self.image(ref)) is not None]
 
     def remote_digest(self, ref: str) -> str:
@@ -266,7 +275,11 @@ class Engine:
 
     def tag(self, image_id: str, ref: str) -> None:
         repository, tag = split_ref(ref)
-        if not self._api.tag(image_id, repository, tag):
+        try:
+            tagged = self._api.tag(image_id, repository, tag)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"cannot tag {image_id} as {ref}: {getattr(exc, 'explanation', None) or exc}") from None
+        if not tagged:
             raise EngineError(f"the engine refused to tag {image_id} as {ref}")
 
     def untag(self, ref: str) -> None:
@@ -274,6 +287,8 @@ class Engine:
             self._api.remove_image(ref, noprune=True)
         except docker.errors.ImageNotFound:
             pass
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"cannot untag {ref}: {exc}") from None
 
     def remove_image(self, ref: str, *, force: bool = False) -> None:
         try:

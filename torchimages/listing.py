@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .model import ImageSpec
+from .wheels import mask_credentials
 
 
 def spec_record(spec: ImageSpec) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def spec_record(spec: ImageSpec) -> dict[str, Any]:
         "wheel_cuda": spec.wheel_cuda,
         "wheel_variant": spec.wheel_variant,
         "wheel_reason": spec.wheel_reason,
-        "wheel_index": spec.wheel_index or "pip default (PyPI)",
+        "wheel_index": mask_credentials(spec.wheel_index) if spec.wheel_index else "pip default (PyPI)",
         "cudnn": spec.cudnn,
         "min_driver": spec.min_driver,
         "flavour": spec.flavour,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ from . import compat as compat_mod
 from .config import ConfigError, Document, Path_, Problem, load_document, scalar_kind
 from .entries import Exclusion, Settings, expand_entry
 from .model import ImageSpec
-from .schema import boolean, packages, section, string, unknown_keys, versions, words
+from .schema import boolean, packages, reference, section, string, unknown_keys, versions, words
 from .tags import with_aliases
 
 TOP_KEYS = ("target", "base", "wheels", "packages", "apt_packages", "exclude", "images")
@@ -100,11 +100,16 @@ def _settings(
     target = section(doc, data, "target", TARGET_KEYS, problems)
     base = section(doc, data, "base", BASE_KEYS, problems)
     wheels = section(doc, data, "wheels", WHEELS_KEYS, problems)
-    repository = string(doc, ("target", "repository"), target.get("repository"), problems, required=True)
-    registry = string(doc, ("target", "registry"), target.get("registry", ""), problems)
+    repository = reference(doc, ("target", "repository"), target.get("repository"), "repository", problems, required=True)
+    registry = reference(doc, ("target", "registry"), target.get("registry", ""), "registry", problems)
+    mirror_path: Path_ = ("base", "mirror")
     mirror = base_mirror if base_mirror is not None else (os.environ.get(MIRROR_ENV) if use_environment else None)
-    if mirror is None:
-        mirror = string(doc, ("base", "mirror"), base.get("mirror", ""), problems)
+    if mirror is not None:  # from outside the file: checked all the same, it goes into FROM lines
+        mirror_problems: list[Problem] = []
+        mirror = reference(doc, mirror_path, mirror, "mirror", mirror_problems)
+        problems += [replace(p, field=f"{p.field} (from ${MIRROR_ENV} or the command line)") for p in mirror_problems]
+    else:
+        mirror = reference(doc, mirror_path, base.get("mirror", ""), "mirror", problems)
     pytorch_index = wheels.get("pytorch_index", compat_mod.PYTORCH_INDEX)
     if pytorch_index is not None:
         pytorch_index = string(doc, ("wheels", "pytorch_index"), pytorch_index, problems)
@@ -116,7 +121,7 @@ def _settings(
         packages=packages(doc, ("packages",), data.get("packages", []), problems),
         apt_packages=words(doc, ("apt_packages",), data.get("apt_packages", []), problems),
         target_repo=f"{registry.rstrip('/')}/{repository}" if registry else repository,
-        base_repo=string(doc, ("base", "repository"), base.get("repository", "nvidia/cuda"), problems),
+        base_repo=reference(doc, ("base", "repository"), base.get("repository", "nvidia/cuda"), "repository", problems),
         mirror=mirror,
         pytorch_index=pytorch_index,
         check_base_tags=boolean(doc, ("base", "check_tags"), base.get("check_tags", True), problems),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,6 +143,9 @@ def _build_one(
             log.write(f"\nERROR: {exc}\n")
             tail = getattr(exc, "tail", "")
             return failed(str(exc) + (f"\n{tail}" if tail else ""))
+        except Exception as exc:  # noqa: BLE001 - one image's surprise must not sink the others' reports
+            log.write(f"\nUNEXPECTED ERROR: {exc!r}\n{traceback.format_exc()}")
+            return failed(f"unexpected error: {exc!r} (traceback in the log)")
 
 
 def _existing(engine: Engine, inputs: str) -> str | None:

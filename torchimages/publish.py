@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TextIO
 
 from .engine import Engine, PushError
@@ -29,7 +30,7 @@ def push_refs(
     results = []
     for ref in refs:
         pushed = _push_with_retries(engine, ref, log=log, sleep=sleep)
-        served = engine.remote_digest(ref)
+        served = _retry(partial(engine.remote_digest, ref), what=f"reading {ref} back", log=log, sleep=sleep)
         if served != pushed:
             raise PushError(f"the registry serves {served} for {ref}, but the push reported {pushed}", transient=False)
         results.append(PushResult(ref=ref, digest=served))
@@ -37,14 +38,19 @@ def push_refs(
 
 
 def _push_with_retries(engine: Engine, ref: str, *, log: TextIO, sleep: Callable[[float], None]) -> str:
+    return _retry(lambda: engine.push(ref, log=log), what=f"push of {ref}", log=log, sleep=sleep)
+
+
+def _retry(action: Callable[[], str], *, what: str, log: TextIO, sleep: Callable[[float], None]) -> str:
+    """Run action; a transient PushError is retried with backoff, anything else is raised at once."""
     delay = 2.0
     for attempt in range(1, RETRIES + 1):
         try:
-            return engine.push(ref, log=log)
+            return action()
         except PushError as exc:
             if not exc.transient or attempt == RETRIES:
                 raise
-            log.write(f"push of {ref} failed ({exc}); retry {attempt}/{RETRIES - 1} in {delay:.0f} s\n")
+            log.write(f"{what} failed ({exc}); retry {attempt}/{RETRIES - 1} in {delay:.0f} s\n")
             sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tarfile
 from collections.abc import Mapping
@@ -70,8 +71,15 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+_RAW_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
+
+
 def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
     """The Dockerfile for one image; the same spec always gives the same bytes."""
+    # Values that go into the Dockerfile unquoted (FROM, the apt package list) must be plain words.
+    for value in (spec.base_image, spec.python, *spec.apt_packages):
+        if not _RAW_SAFE.fullmatch(value):
+            raise RenderError(f"{spec.name}: refusing to put {value!r} into a Dockerfile unquoted")
     try:
         template = _environment().get_template("Dockerfile.j2")
         return template.render(

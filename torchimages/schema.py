@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .config import Document, Path_, Problem, did_you_mean, scalar_kind, version_problem
@@ -38,6 +39,25 @@ def string(doc: Document, path: Path_, value: Any, problems: list[Problem], *, r
     return value
 
 
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?"
+REFERENCE_PATTERNS = {
+    "repository": (re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*"), "lowercase path components, e.g. team/pytorch"),
+    "registry": (re.compile(_HOST), "a host with an optional port, e.g. ghcr.io or 127.0.0.1:5000"),
+    "mirror": (re.compile(rf"{_HOST}(?:/{_COMPONENT})*"), "a registry host with an optional path, e.g. mirror.example:5000/hub"),
+}
+
+
+def reference(doc: Document, path: Path_, value: Any, kind: str, problems: list[Problem], *, required: bool = False) -> str:
+    """A part of an image reference (repository, registry, mirror) in Docker's grammar; it ends up in FROM and tags."""
+    text = string(doc, path, value, problems, required=required)
+    pattern, example = REFERENCE_PATTERNS[kind]
+    if text and not pattern.fullmatch(text):
+        problems.append(doc.problem(path, f"not a valid {kind}: {text!r} (write {example})"))
+        return ""
+    return text
+
+
 def boolean(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> bool:
     if not isinstance(value, bool):
         problems.append(doc.problem(path, f"must be true or false, got {scalar_kind(value)}"))
@@ -66,7 +86,7 @@ def words(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> tu
         return ()
     out = []
     for i, item in enumerate(value):
-        if not isinstance(item, str) or not item or not all(ch.isalnum() or ch in "+-._:" for ch in item):
+        if not isinstance(item, str) or not item[:1].isalnum() or not all(ch.isalnum() or ch in "+-._:" for ch in item):
             problems.append(doc.problem((*path, i), f"not a package name: {item!r}"))
         else:
             out.append(item)
@@ -85,13 +105,16 @@ def packages(doc: Document, path: Path_, value: Any, problems: list[Problem]) ->
             req, module = item.get("pip"), item.get("import")
         else:
             req, module = item, None
-        if not isinstance(req, str) or not req.strip() or any(ch.isspace() or ch in "\"'`$\\;" for ch in req):
+        if not isinstance(req, str) or not req[:1].isalnum() or any(ch.isspace() or ch in "\"'`$\\;" for ch in req):
             problems.append(doc.problem((*path, i), f'not a pip requirement: {req!r} (write e.g. "pandas" or "scipy>=1.11")'))
             continue
         dist = req
         for sep in "<>=!~[;@":
             dist = dist.split(sep, 1)[0]
-        module = module if isinstance(module, str) else KNOWN_MODULES.get(dist.lower(), dist.replace("-", "_"))
+        if module is not None and not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
+            problems.append(doc.problem((*path, i, "import"), f'not a module name: {module!r} (write e.g. "yaml" or "PIL.Image")'))
+            continue
+        module = module if module is not None else KNOWN_MODULES.get(dist.lower(), dist.replace("-", "_"))
         out.append(Package(requirement=req, module=module))
     return tuple(out)
 

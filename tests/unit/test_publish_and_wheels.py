@@ -57,3 +57,13 @@ def test_platform_tags_follow_glibc() -> None:
     assert tags[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in tags and "manylinux2014_x86_64" in tags
     assert "manylinux_2_37_x86_64" not in tags
     assert "manylinux_2_28_x86_64" not in platform_tags("2.27")
+
+
+def test_index_credentials_are_masked() -> None:
+    from torchimages.wheels import mask_credentials
+
+    assert (
+        mask_credentials("--extra-index-url https://me:s3cret@pypi.example/simple x")
+        == "--extra-index-url https://***@pypi.example/simple x"
+    )
+    assert mask_credentials("https://pypi.example/simple") == "https://pypi.example/simple"
