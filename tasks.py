@@ -47,6 +47,11 @@ def _clean_errors() -> Iterator[None]:
         raise Exit(f"error: {exc}", code=1) from None
 
 
+def _check_gpus(gpus: str) -> None:
+    if gpus not in ("auto", "all", "none"):
+        raise Exit(f"--gpus must be auto, all or none, not {gpus!r}", code=2)
+
+
 def _load(config: str) -> matrix_mod.Matrix:
     return matrix_mod.load_matrix(config)
 
@@ -97,8 +102,7 @@ def build(
     """Render, build, verify, tag (and push) every matching image of the matrix."""
     from torchimages.pipeline import BuildOptions, build_images
 
-    if gpus not in ("auto", "all", "none"):
-        raise Exit(f"--gpus must be auto, all or none, not {gpus!r}", code=2)
+    _check_gpus(gpus)
     if jobs < 1:
         raise Exit(f"--jobs must be at least 1, not {jobs}", code=2)
     with _clean_errors():
@@ -135,8 +139,7 @@ def verify(c: Context, image: str, gpus: str = "auto", json: bool = False) -> No
     from torchimages.engine import Engine
     from torchimages.verify import gpus_wanted, run_verify
 
-    if gpus not in ("auto", "all", "none"):
-        raise Exit(f"--gpus must be auto, all or none, not {gpus!r}", code=2)
+    _check_gpus(gpus)
     with _clean_errors():
         engine = Engine()
         if engine.image(image) is None:

@@ -71,14 +71,6 @@ def field_name(path: Path_) -> str:
     return out
 
 
-_SCALAR_TAG_NAMES = {
-    "tag:yaml.org,2002:float": "a number",
-    "tag:yaml.org,2002:int": "a number",
-    "tag:yaml.org,2002:bool": "a boolean",
-    "tag:yaml.org,2002:null": "empty",
-}
-
-
 def load_document(path: Path | str, text: str | None = None) -> Document:
     """Parse YAML; syntax errors, duplicate keys and non-string keys become Problems, never exceptions."""
     name = str(path)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import re
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -69,8 +69,6 @@ class ImageInfo:
     id: str
     size: int
     labels: dict[str, str]
-    repo_tags: tuple[str, ...]
-    repo_digests: tuple[str, ...]
 
 
 def _transient(text: str) -> bool:
@@ -92,6 +90,15 @@ def _transient(text: str) -> bool:
     )
 
 
+@contextmanager
+def _engine_errors(what: str) -> Iterator[None]:
+    """The SDK's own errors (API answers, lost connections) become EngineError naming what was being done."""
+    try:
+        yield
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        raise EngineError(f"{what}: {getattr(exc, 'explanation', None) or exc}") from None
+
+
 class Engine:
     """A Docker engine reached through DOCKER_HOST (or the local socket)."""
 
@@ -108,10 +115,8 @@ class Engine:
     # -- information ----------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        try:
+        with _engine_errors("cannot read the engine's info"):
             return dict(self._client.info())
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"cannot read the engine's info: {exc}") from None
 
     def has_nvidia_runtime(self) -> bool:
         """True when the engine can hand GPUs to containers."""
@@ -119,33 +124,22 @@ class Engine:
 
     def image(self, ref: str) -> ImageInfo | None:
         """Inspect a local image, or None when there is none by that name or ID."""
-        try:
-            raw = self._api.inspect_image(ref)
-        except docker.errors.ImageNotFound:
-            return None
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"cannot inspect {ref}: {getattr(exc, 'explanation', None) or exc}") from None
-        return ImageInfo(
-            id=raw["Id"],
-            size=int(raw.get("Size") or 0),
-            labels=dict((raw.get("Config") or {}).get("Labels") or {}),
-            repo_tags=tuple(raw.get("RepoTags") or ()),
-            repo_digests=tuple(raw.get("RepoDigests") or ()),
-        )
+        with _engine_errors(f"cannot inspect {ref}"):
+            try:
+                raw = self._api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return None
+        return ImageInfo(id=raw["Id"], size=int(raw.get("Size") or 0), labels=dict((raw.get("Config") or {}).get("Labels") or {}))
 
     def history(self, ref: str) -> list[str]:
         """The command that created each layer of an image."""
-        try:
+        with _engine_errors(f"cannot read the history of {ref}"):
             return [str(layer.get("CreatedBy", "")) for layer in self._api.history(ref)]
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"cannot read the history of {ref}: {exc}") from None
 
     def images_with_label(self, key: str, value: str) -> list[ImageInfo]:
         """Local images carrying label key=value."""
-        try:
+        with _engine_errors("cannot list images"):
             found = self._api.images(filters={"label": f"{key}={value}"}, quiet=True)
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"cannot list images: {exc}") from None
         return [info for ref in found if (info := self.image(ref)) is not None]
 
     def remote_digest(self, ref: str) -> str:
@@ -275,28 +269,14 @@ class Engine:
 
     def tag(self, image_id: str, ref: str) -> None:
         repository, tag = split_ref(ref)
-        try:
+        with _engine_errors(f"cannot tag {image_id} as {ref}"):
             tagged = self._api.tag(image_id, repository, tag)
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"cannot tag {image_id} as {ref}: {getattr(exc, 'explanation', None) or exc}") from None
         if not tagged:
             raise EngineError(f"the engine refused to tag {image_id} as {ref}")
 
-    def untag(self, ref: str) -> None:
-        try:
-            self._api.remove_image(ref, noprune=True)
-        except docker.errors.ImageNotFound:
-            pass
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"cannot untag {ref}: {exc}") from None
-
     def remove_image(self, ref: str, *, force: bool = False) -> None:
-        try:
+        with _engine_errors(f"cannot remove {ref}"), suppress(docker.errors.ImageNotFound):
             self._api.remove_image(ref, force=force)
-        except docker.errors.ImageNotFound:
-            pass
-        except docker.errors.APIError as exc:
-            raise EngineError(f"cannot remove {ref}: {exc.explanation or exc}") from None
 
     def push(self, ref: str, *, log: TextIO | None = None) -> str:
         """Push one reference; return the digest the push stream reported."""
@@ -345,17 +325,15 @@ class Service:
 
     def __init__(self, container: Any) -> None:
         self._container = container
-        self._lock = threading.Lock()
 
     def logs(self) -> str:
         return str(self._container.logs().decode("utf-8", "replace"))
 
     def stop(self) -> None:
-        with self._lock:
-            try:
-                self._container.remove(force=True)
-            except docker.errors.APIError:
-                pass
+        try:
+            self._container.remove(force=True)
+        except docker.errors.APIError:
+            pass
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:

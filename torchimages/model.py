@@ -57,8 +57,8 @@ class ImageSpec:
     @property
     def modules(self) -> tuple[str, ...]:
         """Modules that must import in the image."""
-        mods = [m for m in ("torchvision" if self.torchvision else None, "torchaudio" if self.torchaudio else None) if m]
-        return tuple(mods) + tuple(p.module for p in self.packages if p.module)
+        family = tuple(name for name, version in (("torchvision", self.torchvision), ("torchaudio", self.torchaudio)) if version)
+        return family + tuple(p.module for p in self.packages if p.module)
 
     @property
     def refs(self) -> tuple[str, ...]:

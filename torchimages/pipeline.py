@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from .engine import Engine, EngineError
+from .engine import Engine, EngineError, ImageInfo
 from .matrix import Matrix
 from .model import BuildResult, ImageSpec, PushResult, VerifyReport
 from .publish import push_refs, tag_image
 from .render import ROOT, RenderError, context_files, context_tar, dockerfile_quote, render_dockerfile
 from .report import write_reports
-from .verify import VerifyError, gpus_wanted, promise_problems, run_verify, verified_labels
+from .verify import VerifyError, gpus_wanted, promise_problems, report_from_labels, run_verify, verified_labels
 from .wheels import WheelError, WheelServer, WheelSet, fetch_wheels
 
 BUILD_HASH_LABEL = "org.torch-images.build-hash"
@@ -110,11 +110,10 @@ def _build_one(
                 base = engine.image(spec.base_image)
             assert base is not None
             inputs = build_hash(context, base.id)
-            image_id = None if options.rebuild else _existing(engine, inputs)
-            if image_id is not None:
+            reused = None if options.rebuild else _existing(engine, inputs)
+            if reused is not None:
+                image_id, status, report = reused.id, "unchanged", report_from_labels(reused.labels)
                 console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
-                status = "unchanged"
-                report = _report_from_labels(engine, image_id)
             else:
                 console(spec.name, "building")
                 built = engine.build(context, log=log, labels={BUILD_HASH_LABEL: inputs}, on_step=lambda step: console(spec.name, step))
@@ -148,27 +147,12 @@ def _build_one(
             return failed(f"unexpected error: {exc!r} (traceback in the log)")
 
 
-def _existing(engine: Engine, inputs: str) -> str | None:
+def _existing(engine: Engine, inputs: str) -> ImageInfo | None:
     """A verified image built from exactly these inputs, if the engine still has one."""
-    for info in engine.images_with_label(BUILD_HASH_LABEL, inputs):
-        if info.labels.get("org.torch-images.verified") == "true":
-            return info.id
-    return None
-
-
-def _report_from_labels(engine: Engine, image_id: str) -> VerifyReport:
-    """What verification saw when a reused image was built, as its labels recorded it."""
-    info = engine.image(image_id)
-    labels = info.labels if info else {}
-
-    def seen(key: str) -> str | None:
-        value = labels.get(f"org.torch-images.{key}")
-        return None if value in (None, "none") else value
-
-    return VerifyReport(
-        ok=True, exit_code=0, torch=seen("torch"), torch_cuda=seen("cuda"), cudnn=seen("cudnn"), python=seen("python"), gpu=False,
-        packages={m: seen(m) for m in ("torchvision", "torchaudio") if seen(m)}, output="reused: verified when it was built",
-    )  # fmt: skip
+    verified = (
+        info for info in engine.images_with_label(BUILD_HASH_LABEL, inputs) if info.labels.get("org.torch-images.verified") == "true"
+    )
+    return next(verified, None)
 
 
 def _finalize(engine: Engine, built: str, report: VerifyReport, log: TextIO) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 from .compat import version_key
 from .model import ImageSpec
@@ -26,11 +27,11 @@ def latest_tag(spec: ImageSpec) -> str:
     return {"runtime": "latest", "devel": "latest-devel", "cpu": "latest-cpu"}[spec.flavour]
 
 
-def _python_rank(spec: ImageSpec) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
-    return (version_key(spec.python), (), (), spec.os)
+def _python_rank(spec: ImageSpec) -> tuple[Any, ...]:
+    return (version_key(spec.python), spec.os)
 
 
-def _newest(spec: ImageSpec) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
+def _newest(spec: ImageSpec) -> tuple[Any, ...]:
     return (version_key(spec.torch), version_key(spec.cuda or "0"), version_key(spec.python), spec.os)
 
 

@@ -129,23 +129,19 @@ def _lock(spec: ImageSpec, wheelhouse: Path, log: TextIO) -> WheelSet:
         if parsed.scheme != "file" or path.parent.resolve() != wheelhouse.resolve():
             raise WheelError(f"resolving wheels for {spec.name}: {path.name} did not come from the wheelhouse ({mask_credentials(url)})")
         name, version = item["metadata"]["name"], item["metadata"]["version"]
-        lines.append(f"{name}=={version} \\\n    --hash=sha256:{sha256_file(path)}")
+        # pip hashed the file while resolving; hash it here only if its report does not say.
+        sha256 = (item["download_info"].get("archive_info") or {}).get("hashes", {}).get("sha256") or sha256_file(path)
+        lines.append(f"{name}=={version} \\\n    --hash=sha256:{sha256}")
         files.append(path.name)
     return WheelSet(lock="\n".join(lines) + "\n", files=tuple(files))
 
 
-@functools.lru_cache(maxsize=4096)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    stat = path.stat()
-    return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import socket
 from pathlib import Path
 
 import pytest
@@ -53,8 +53,8 @@ def cpu_image(built: list[BuildResult]) -> str:
 
 
 @pytest.fixture()
-def cleanup_refs(engine: Engine) -> Iterator[list[str]]:
-    refs: list[str] = []
-    yield refs
-    for ref in refs:
-        engine.remove_image(ref, force=True)
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -31,18 +30,12 @@ ROOT = Path(__file__).parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture()
-def private_registry(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+def private_registry(tmp_path: Path, free_port: int) -> Iterator[tuple[str, str, str]]:
     """A registry on a loopback port that demands a random user and password."""
     user, password = f"ti-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
     (tmp_path / "htpasswd").write_text(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port}"
     config = {
         "version": 0.1,
         "log": {"level": "warn"},

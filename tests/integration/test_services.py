@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,12 +12,6 @@ import pytest
 from torchimages.engine import Engine
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str, *, within: float = 90) -> tuple[int, bytes]:
@@ -34,8 +27,8 @@ def _get(url: str, *, within: float = 90) -> tuple[int, bytes]:
     raise AssertionError(f"{url} did not answer within {within:.0f} s: {last}")
 
 
-def test_tensorboard_serves_a_logdir(engine: Engine, cpu_image: str) -> None:
-    port = _free_port()
+def test_tensorboard_serves_a_logdir(engine: Engine, cpu_image: str, free_port: int) -> None:
+    port = free_port
     write_event = "from tensorboardX import SummaryWriter as W; w = W('/tmp/logs'); w.add_scalar('x', 1.0, 0); w.close()"
     command = ["sh", "-c", f'python -c "{write_event}" && exec tensorboard --logdir /tmp/logs --port 6007 --bind_all']
     service = engine.start_service(cpu_image, command, ports={"6007/tcp": ("127.0.0.1", port)}, name=f"ti-tb-{port}")
@@ -49,8 +42,8 @@ def test_tensorboard_serves_a_logdir(engine: Engine, cpu_image: str) -> None:
     assert "TensorBoard" in logs
 
 
-def test_jupyter_serves(engine: Engine, cpu_image: str) -> None:
-    port = _free_port()
+def test_jupyter_serves(engine: Engine, cpu_image: str, free_port: int) -> None:
+    port = free_port
     command = ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--ServerApp.token=", "--ServerApp.password="]
     service = engine.start_service(cpu_image, command, ports={"8888/tcp": ("127.0.0.1", port)}, name=f"ti-jl-{port}")
     try:
