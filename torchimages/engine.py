@@ -82,6 +82,8 @@ def _transient(text: str) -> bool:
             "timeout",
             "i/o timeout",
             "eof",
+            "429",
+            "toomanyrequests",
             "502",
             "503",
             "504",

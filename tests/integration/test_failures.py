@@ -46,6 +46,7 @@ def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(engine
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert "2 of 3 images failed" in done.stderr
+    assert done.stderr.count(": the end of ") == 2  # each failed image's log tail is shown
     records = {r["name"]: r for r in json.loads((out / "report.json").read_text())["images"]}
     bad_pip, bad_apt, good = (records[name] for name in sorted(records, key=lambda n: ("cpu" not in n, "runtime" in n)))
     assert bad_pip["status"] == "failed" and "torch-images-no-such-package" in bad_pip["error"]

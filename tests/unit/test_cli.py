@@ -54,6 +54,7 @@ def test_matrix_json_lists_wheel_and_base_for_cuda_11_2() -> None:
     images = json.loads(done.stdout)["images"]
     assert images and all(i["wheel_variant"] == "cu111" and i["base_image"].startswith("nvidia/cuda:11.2.") for i in images)
     assert all(i["tags"] and i["cudnn"] == "8" and i["python"] == "3.8" for i in images)
+    assert {i["min_driver"] for i in images} == {"460.27.03"}
 
 
 def test_dry_run_names_every_ref_and_needs_no_engine() -> None:

@@ -87,3 +87,23 @@ def test_push_returns_the_digest_from_the_stream() -> None:
 )
 def test_split_ref(ref: str, split: tuple[str, str | None]) -> None:
     assert split_ref(ref) == split
+
+
+def test_rate_limiting_is_transient() -> None:
+    limited = [{"error": "toomanyrequests: You have reached your pull rate limit"}]
+    with pytest.raises(PushError) as caught:
+        engine_with(FakeApi(push=limited)).push("r/a:t")
+    assert caught.value.transient
+
+
+def test_sdk_errors_become_engine_errors_naming_the_action() -> None:
+    import docker.errors
+
+    from torchimages.engine import EngineError
+
+    class Refusing(FakeApi):
+        def tag(self, *_: Any) -> bool:
+            raise docker.errors.APIError("invalid reference format")
+
+    with pytest.raises(EngineError, match="cannot tag sha256:abc as r/A:t: invalid reference format"):
+        engine_with(Refusing()).tag("sha256:abc", "r/A:t")

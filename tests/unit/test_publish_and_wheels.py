@@ -67,3 +67,20 @@ def test_index_credentials_are_masked() -> None:
         == "--extra-index-url https://***@pypi.example/simple x"
     )
     assert mask_credentials("https://pypi.example/simple") == "https://pypi.example/simple"
+
+
+def test_reading_the_digest_back_is_retried_when_transient() -> None:
+    class FlakyRegistry(FakeEngine):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.reads = 0
+
+        def remote_digest(self, ref: str) -> str:
+            self.reads += 1
+            if self.reads == 1:
+                raise PushError("cannot read back: connection reset", transient=True)
+            return "sha256:aa"
+
+    engine = FlakyRegistry()
+    (result,) = push_refs(engine, ("r/a:t",), log=io.StringIO(), sleep=lambda _: None)  # type: ignore[arg-type]
+    assert (result.digest, engine.reads, engine.pushes) == ("sha256:aa", 2, 1)
