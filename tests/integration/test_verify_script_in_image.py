@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sysconfig
 from pathlib import Path
@@ -25,6 +26,7 @@ def test_verify_script_unit_tests_pass_inside_the_image_with_nothing_skipped(eng
         cpu_image,
         ["python", "-c", script],
         environment={"PYTHONDONTWRITEBYTECODE": "1"},
+        user=f"{os.getuid()}:{os.getgid()}",  # the checkout may be readable by its owner alone (mktemp -d makes 0700)
         read_only_mounts={str(ROOT): "/src", site: "/host-site"},
         timeout=600,
     )
