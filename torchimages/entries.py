@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import compat as compat_mod
@@ -244,4 +244,4 @@ def _spec(
         tags=(),
         source=(doc.file, doc.where(path)[0]),
     )
-    return ImageSpec(**{**spec.__dict__, "name": full_tag(spec), "tags": (full_tag(spec),)})
+    return replace(spec, name=full_tag(spec), tags=(full_tag(spec),))
