@@ -35,7 +35,7 @@ FILTER_HELP = {
 def _clean_errors() -> Iterator[None]:
     """Every expected failure ends as one message and exit 1, never a traceback."""
     from torchimages.render import RenderError
-    from torchimages.testenv import TestEnvError
+    from torchimages.testing.testenv import TestEnvError
     from torchimages.verify import VerifyError
 
     try:
@@ -129,6 +129,60 @@ def build(
 
 @task(
     help={
+        **FILTER_HELP,
+        "replica": "resolve against the test environment's replicas of the PyTorch index and PyPI (`invoke testenv` serves them)",
+        "format": "table or json",
+        "out_dir": "locks go to OUT_DIR/locks/<image>.json (default: build)",
+    },
+    iterable=["cuda", "torch", "python", "flavour"],
+)
+def lock(
+    c: Context,
+    config: str = "images.yaml",
+    cuda: list[str] | None = None,
+    torch: list[str] | None = None,
+    python: list[str] | None = None,
+    flavour: list[str] | None = None,
+    replica: bool = False,
+    format: str = "table",  # noqa: A002 - the flag is --format
+    out_dir: str = "build",
+) -> None:
+    """Resolve every selected image's exact wheels (metadata only, no torch download) and keep a hash-pinned lock each."""
+    from torchimages.listing import format_locks
+    from torchimages.lock import lock_images
+
+    if format not in ("table", "json"):
+        raise Exit(f"--format must be table or json, not {format!r}", code=2)
+    with _clean_errors():
+        indexes, pytorch_index = _indexes(replica)
+        loaded = matrix_mod.load_matrix(config, pytorch_index=pytorch_index)
+        specs = _select(loaded, cuda or [], torch or [], python or [], flavour or [])
+        logs = Path(out_dir, "logs")
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / "lock.log", "w") as log:
+            say = (lambda line: print(line, file=sys.stderr)) if format == "json" else print
+            results = lock_images(specs, indexes, Path(out_dir, "locks"), log=log, refresh=True, say=say)
+    print(format_locks(specs, results, format))
+    failed = [name for name, outcome in results.items() if isinstance(outcome, WheelError)]
+    if failed:
+        raise Exit(f"{len(failed)} of {len(results)} images did not resolve (pip's output: {logs / 'lock.log'})", code=1)
+
+
+def _indexes(replica: bool) -> tuple[Any, str | None]:
+    """pip's own configuration, or the test environment's replicas (their PyTorch index overrides the file's)."""
+    from torchimages.lock import Indexes
+
+    if not replica:
+        return Indexes(), None
+    from torchimages.testing import services
+
+    if not services.replica_up():
+        raise Exit(f"no index replica answers on {services.REPLICA}; run `invoke testenv` first", code=1)
+    return Indexes(index_url=f"{services.REPLICA}/pypi/simple", isolated=True), f"{services.REPLICA}/whl"
+
+
+@task(
+    help={
         "image": "image reference or ID to check",
         "gpus": "auto (when the engine has the nvidia runtime), all, none",
         "json": "print torch-verify's JSON instead of a table",
@@ -205,7 +259,7 @@ def render(c: Context, config: str = "", check: bool = False) -> None:
 @task(help={"config": f"matrix whose bases to provide (default: {FIXTURE})"})
 def testenv(c: Context, config: str = FIXTURE) -> None:
     """Start a Docker engine and a loopback registry, and push stand-in CUDA bases (idempotent)."""
-    from torchimages import testenv as env
+    from torchimages.testing import testenv as env
 
     with _clean_errors():
         loaded = _load(config)
@@ -271,4 +325,4 @@ def show(c: Context, torch: str = "", cuda: str = "") -> None:
 
 
 compat = Collection("compat", refresh, show)
-ns = Collection(build, verify, matrix, render, testenv, test, compat)
+ns = Collection(build, lock, verify, matrix, render, testenv, test, compat)

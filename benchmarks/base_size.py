@@ -16,11 +16,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from torchimages import testenv  # noqa: E402
 from torchimages.compat import load_compat  # noqa: E402
 from torchimages.matrix import load_matrix  # noqa: E402
 from torchimages.pipeline import BuildOptions, build_images  # noqa: E402
 from torchimages.report import human_size  # noqa: E402
+from torchimages.testing import testenv  # noqa: E402
 
 
 def main() -> int:

@@ -35,7 +35,10 @@ LABEL_KEYS = {
     "flavour": "flavour",
     "packages": "packages",
     "base_cuda": "base-cuda",
+    "torchvision": "torchvision",
+    "torchaudio": "torchaudio",
 }
+COMPANIONS = ("torchvision", "torchaudio")
 SHM_MIN_BYTES = 1 << 30
 SHM_FIX = "run with --ipc=host or --shm-size=8g (PyTorch DataLoader workers share tensors through /dev/shm)"
 REL_TOL = 1e-3
@@ -120,6 +123,27 @@ def compare_cuda_release(expected: str, actual: str) -> tuple[str, str]:
     if want != got:
         return "warn", f"nvcc is CUDA {actual} but the image's CUDA base is {expected} (minor mismatch)"
     return "pass", f"nvcc is CUDA {actual}"
+
+
+def local_variant(version: str) -> str | None:
+    """'0.26.0+cu126' -> 'cu126'; None without a local version."""
+    return version.split("+", 1)[1] if "+" in version else None
+
+
+def cuda_variant(cuda: str | None) -> str:
+    """torch.version.cuda -> the variant name: '12.6' -> 'cu126', None -> 'cpu'."""
+    return "cpu" if cuda is None else "cu" + "".join(cuda.split(".")[:2])
+
+
+def variant_fits(name: str, companion: str, torch_variant: str) -> bool:
+    """torchvision is built for exactly torch's variant; torchaudio 2.11 serves later torch of the same CUDA major."""
+    if companion == torch_variant:
+        return True
+    if name != "torchaudio" or "cpu" in (companion, torch_variant):
+        return False
+    c_major, c_minor = divmod(int(companion[2:]), 10)
+    t_major, t_minor = divmod(int(torch_variant[2:]), 10)
+    return c_major == t_major and c_minor <= t_minor
 
 
 def expect(name: str, actual: Any, expected: str | None, ok: Callable[[str], bool]) -> Record:
@@ -257,6 +281,32 @@ def check_package(name: str) -> Record:
         return record(f"package.{name}", "fail", last_line(exc))
     version = package_version(module, name)
     return record(f"package.{name}", "pass", version or "imported (version unknown)", version)
+
+
+def check_companion(torch: Any, name: str, expected: str | None) -> Record:
+    """torchvision/torchaudio: the build the image promises, and built for the CUDA (or CPU) of the torch beside it."""
+    check = f"{name}.build"
+    if is_none(expected):
+        return record(check, "skip", f"the image ships no {name}")
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:
+        if expected is None:
+            return record(check, "skip", f"{name} not installed ({last_line(exc)})")
+        return record(check, "fail", f"{name} failed to import: {last_line(exc)}")
+    actual = str(module.__version__)
+    if expected is not None and not torch_version_matches(expected, actual):
+        return record(check, "fail", f"{name} is {actual}, the image promises {expected}", actual)
+    torch_variant = cuda_variant(torch.version.cuda)
+    built_cuda = getattr(getattr(module, "version", None), "cuda", _UNSET)  # torchvision.version.cuda; torchaudio has none
+    companion = local_variant(actual) or (cuda_variant(built_cuda) if built_cuda is not _UNSET else None)
+    if companion is None:
+        return record(check, "pass", f"{actual} (no CUDA build recorded to compare with torch's {torch_variant})", actual)
+    if not variant_fits(name, companion, torch_variant):
+        return record(check, "fail", f"{name} {actual} is built for {companion}, torch for {torch_variant}", actual)
+    if built_cuda is not _UNSET and cuda_variant(built_cuda) != torch_variant:
+        return record(check, "fail", f"{name}.version.cuda is {built_cuda}, torch.version.cuda {torch.version.cuda}", actual)
+    return record(check, "pass", f"{actual}, built for {companion} (torch: {torch_variant})", actual)
 
 
 def read_tfrecords(path: str) -> Iterator[bytes]:
@@ -403,6 +453,8 @@ def run_checks(expected: dict[str, Any], require_gpu: bool) -> list[Record]:
             records.append(guard(name, check, torch) if available else record(name, "skip", NO_GPU))
     packages = expected["packages"]
     records += [guard(f"package.{name}", check_package, name) for name in packages or []]
+    if torch is not None:
+        records += [guard(f"{name}.build", check_companion, torch, name, expected[name]) for name in COMPANIONS]
     if torch is None:
         records.append(record("tensorboardX", "skip", "torch failed to import"))
     elif "tensorboardX" in (packages or []) or (packages is None and importlib.util.find_spec("tensorboardX")):
@@ -470,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--expect-cuda", metavar="VER|none", help="torch.version.cuda, e.g. 13.0, or none")
     parser.add_argument("--expect-cudnn", metavar="VER", help="cuDNN major (9) or full version (9.1.0), or none")
     parser.add_argument("--expect-python", metavar="X.Y", help="Python major.minor")
+    parser.add_argument("--expect-torchvision", metavar="VER|none", help="torchvision.__version__, e.g. 0.26.0+cu126, or none")
+    parser.add_argument("--expect-torchaudio", metavar="VER|none", help="torchaudio.__version__, e.g. 2.11.0+cu130, or none")
     parser.add_argument("--flavour", choices=("runtime", "devel", "cpu"), help="image flavour")
     parser.add_argument("--packages", metavar="NAME[,NAME...]", help="import names that must import")
     parser.add_argument(
@@ -507,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": args.expect_python,
         "flavour": args.flavour,
         "packages": args.packages,
+        "torchvision": args.expect_torchvision,
+        "torchaudio": args.expect_torchaudio,
     }
     expected = merge_expectations(labels, flags)
     with stdout_to_stderr():

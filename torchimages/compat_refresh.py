@@ -29,7 +29,7 @@ PYTORCH_INDEX = "https://download.pytorch.org/whl/{name}/"
 DOCKER_HUB_TAGS = "https://hub.docker.com/v2/repositories/nvidia/cuda/tags?page_size=100&name={name}"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 OLDEST = (1, 8, 0)
-WHEEL_RE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)-(?P<version>[^-]+)-cp(?P<py>3\d+)-cp3\d+m?-(?P<plat>[^/]+)\.whl$")
+WHEEL_RE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)-(?P<version>[^-]+)(?:-\d[^-]*)?-cp(?P<py>3\d+)-cp3\d+m?-(?P<plat>[^/]+)\.whl$")
 CUDA_RUNTIME_RE = re.compile(r"^(?:nvidia-cuda-runtime(?:-cu\d+)?|cuda-toolkit(?:\[[^\]]*\])?)\s*==\s*(\d+)\.(\d+)")
 CUDNN_RE = re.compile(r"^nvidia-cudnn-cu\d+\s*==\s*(\d+\.\d+\.\d+)")
 TORCH_PIN_RE = re.compile(r"^torch\s*\(?\s*(==|>=)\s*([0-9.]+)")
@@ -51,13 +51,20 @@ def _stable(version: str) -> bool:
 
 
 def _linux_wheels(files: list[dict[str, Any]], version: str) -> list[tuple[str, dict[str, Any]]]:
-    """(python X.Y, file) for each CPython manylinux x86_64 wheel of one version."""
+    """(python X.Y, file) for each CPython manylinux x86_64 wheel of one version (free-threaded builds aside)."""
     out = []
     for item in files:
         match = WHEEL_RE.match(item["filename"])
         if match and match["version"] == version and "x86_64" in match["plat"] and "linux" in match["plat"]:
             out.append((f"{match['py'][0]}.{match['py'][1:]}", item))
     return out
+
+
+def _platform(wheels: list[tuple[str, dict[str, Any]]]) -> str:
+    """The platform tag a release's Linux x86_64 wheels carry (the last of a compressed tag set)."""
+    match = WHEEL_RE.match(wheels[-1][1]["filename"])
+    assert match is not None
+    return str(match["plat"]).split(".")[-1]
 
 
 def _requires(fetch: Fetch, item: dict[str, Any]) -> list[str]:
@@ -106,7 +113,7 @@ def pypi_torch(fetch: Fetch) -> dict[str, dict[str, Any]]:
         wheels = _linux_wheels(data["files"], version)
         if not wheels:
             continue
-        row: dict[str, Any] = {"python": sorted({py for py, _ in wheels}, key=version_key)}
+        row: dict[str, Any] = {"python": sorted({py for py, _ in wheels}, key=version_key), "platform": _platform(wheels)}
         for requirement in _requires(fetch, max(wheels, key=lambda w: version_key(w[0]))[1]):
             if match := CUDA_RUNTIME_RE.match(requirement):
                 row["pypi_default"] = f"cu{match[1]}{match[2]}"
@@ -116,8 +123,11 @@ def pypi_torch(fetch: Fetch) -> dict[str, dict[str, Any]]:
     return releases
 
 
-def pypi_companion(fetch: Fetch, name: str) -> dict[str, str]:
-    """torch release (or, for a `>=` pin, torch major.minor) -> the newest torchvision/torchaudio that pins it."""
+def pypi_companion(fetch: Fetch, name: str, pythons: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """torch release (or, for a `>=` pin, torch major.minor) -> the newest torchvision/torchaudio that pins it.
+
+    pythons, when given, receives each companion release's CPython versions.
+    """
     data = json.loads(fetch(PYPI_SIMPLE.format(name=name), {"Accept": SIMPLE_JSON}))
     pins: dict[str, str] = {}
     for version in data["versions"]:
@@ -126,6 +136,8 @@ def pypi_companion(fetch: Fetch, name: str) -> dict[str, str]:
         wheels = _linux_wheels(data["files"], version)
         if not wheels:
             continue
+        if pythons is not None:
+            pythons[version] = sorted({py for py, _ in wheels}, key=version_key)
         for requirement in _requires(fetch, wheels[-1][1]):
             if (match := TORCH_PIN_RE.match(requirement)) and version_key(match[2]) >= OLDEST:
                 key = match[2] if match[1] == "==" else ".".join(match[2].split(".")[:2])
@@ -151,8 +163,10 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
     notes: list[str] = []
     try:
         torch_rows = pypi_torch(fetch)
-        vision = pypi_companion(fetch, "torchvision")
-        audio = pypi_companion(fetch, "torchaudio")
+        vision_pythons: dict[str, list[str]] = {}
+        audio_pythons: dict[str, list[str]] = {}
+        vision = pypi_companion(fetch, "torchvision", vision_pythons)
+        audio = pypi_companion(fetch, "torchaudio", audio_pythons)
     except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
         return new, [f"PyPI: unreachable or unreadable ({exc}); nothing refreshed"]
     source = f"PyPI simple JSON API and wheel metadata, read {today}"
@@ -189,6 +203,21 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
             _update(row, "torchvision", vision[version], version, notes, source)
         if version in audio:
             _update(row, "torchaudio", audio[version], version, notes, source)
+        if "files" in row and row["files"].get("pypi") != seen["platform"]:
+            notes.append(f"torch {version}: PyPI wheels are {seen['platform']} (table: {row['files'].get('pypi')})")
+            row["files"]["pypi"] = seen["platform"]
+        companions = (("torchvision_python", "torchvision", vision_pythons), ("torchaudio_python", "torchaudio", audio_pythons))
+        for key, companion, found in companions:
+            listed = found.get(str(row.get(companion)))
+            if listed is None or (companion == "torchaudio" and not _is_home(new["torch"], version, row)):
+                continue  # not on PyPI, or a torchaudio published with an earlier release (its row records the list)
+            wanted = None if listed == row["python"] else listed
+            if row.get(key) != wanted:
+                notes.append(f"torch {version}: {companion} {row[companion]} has wheels for python {', '.join(listed)}")
+                if wanted is None:
+                    row.pop(key, None)
+                else:
+                    row[key] = wanted
         if "cudnn_version" in seen and "pypi_default" in seen:
             variant = row["variants"][seen["pypi_default"]]
             if variant.get("cudnn_version") != seen["cudnn_version"]:
@@ -199,11 +228,11 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
     except (urllib.error.URLError, OSError) as exc:
         notes.append(f"download.pytorch.org: unreachable ({exc}); CUDA variant lists kept as they are")
     else:
-        for version, found in index.items():
+        for version, published in index.items():
             row = new["torch"].get(version)
             if row is None:
                 continue
-            for variant in sorted(found - {"cpu"} - set(row["variants"])):
+            for variant in sorted(published - {"cpu"} - set(row["variants"])):
                 row["variants"][variant] = {"cudnn": "9" if version_key(version) >= (2, 4) else "8"}
                 notes.append(f"torch {version}: the PyTorch index has {variant} wheels")
     try:
@@ -212,6 +241,12 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
         notes.append(f"hub.docker.com: unreachable ({exc}); nvidia/cuda tags kept as they are")
     new["torch"] = dict(sorted(new["torch"].items(), key=lambda kv: version_key(kv[0]), reverse=True))
     return new, notes
+
+
+def _is_home(rows: dict[str, Any], version: str, row: dict[str, Any]) -> bool:
+    """True when this release is the first to ship its torchaudio (torchaudio 2.11.0 also serves 2.12 and later)."""
+    sharing = [v for v, other in rows.items() if other.get("torchaudio") == row.get("torchaudio")]
+    return min(sharing, key=version_key) == version
 
 
 def _variant(seen: dict[str, Any]) -> dict[str, str]:

@@ -63,6 +63,25 @@ class Document:
         return Problem(self.file, line, col, field_name(path), message)
 
 
+@dataclass
+class Reader:
+    """What every field reader is handed: the document, to place messages, and the problems found so far."""
+
+    doc: Document
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def file(self) -> str:
+        return self.doc.file
+
+    def add(self, path: Path_, message: str, *, key: bool = False) -> None:
+        """Record a problem at the value (or key) at path."""
+        self.problems.append(self.doc.problem(path, message, key=key))
+
+    def line(self, path: Path_) -> int:
+        return self.doc.where(path)[0]
+
+
 def field_name(path: Path_) -> str:
     """images[2].python style name for a path."""
     out = ""
@@ -174,14 +193,13 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
-def version_problem(doc: Document, path: Path_, value: Any) -> Problem | None:
+def version_ok(r: Reader, path: Path_, value: Any) -> bool:
     """Versions are strings: an unquoted 3.10 is the number 3.1, which is exactly the bug we refuse."""
     if isinstance(value, str) and value.strip():
-        return None
+        return True
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        written = doc.raw.get(path, repr(value))
-        return doc.problem(
-            path,
-            f'version must be a quoted string: {written} unquoted is read as the number {value!r}; write "{written}"',
-        )
-    return doc.problem(path, f"version must be a quoted string, got {scalar_kind(value)}")
+        written = r.doc.raw.get(path, repr(value))
+        r.add(path, f'version must be a quoted string: {written} unquoted is read as the number {value!r}; write "{written}"')
+    else:
+        r.add(path, f"version must be a quoted string, got {scalar_kind(value)}")
+    return False

@@ -6,8 +6,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import compat as compat_mod
-from .config import Document, Path_, Problem, did_you_mean
-from .model import ImageSpec, Package
+from .compat import Compat
+from .config import Path_, Reader, did_you_mean
+from .family import FamilyError, family_builds, missing_python
+from .model import BaseImage, FamilyBuild, ImageSpec, Package
 from .schema import boolean, choices, packages, unknown_keys, versions, words
 from .tags import full_tag
 
@@ -18,8 +20,9 @@ CUDA_FLAVOURS = ("runtime", "devel")
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Matrix-wide settings every entry uses."""
+    """Matrix-wide settings every entry uses, and the compatibility table entries are checked against."""
 
+    table: Compat
     packages: tuple[Package, ...]
     apt_packages: tuple[str, ...]
     target_repo: str
@@ -52,77 +55,64 @@ def os_packages(python: str) -> tuple[str, ...]:
     return (f"python{python}", f"python{python}-venv", "ca-certificates", "passwd")
 
 
-def expand_entry(
-    doc: Document, path: Path_, entry: dict[str, Any], settings: Settings, exclusions: list[Exclusion], problems: list[Problem]
-) -> list[ImageSpec]:
-    """Every image an entry defines; problems go to the list, positioned at the value that causes them."""
-    table = compat_mod.load_compat()
-    unknown_keys(doc, path, entry, ENTRY_KEYS, problems)
+def expand_entry(r: Reader, path: Path_, entry: dict[str, Any], settings: Settings, exclusions: list[Exclusion]) -> list[ImageSpec]:
+    """Every image an entry defines; problems go to the reader, positioned at the value that causes them."""
+    table = settings.table
+    unknown_keys(r, path, entry, ENTRY_KEYS)
     for key in ("torch", "cuda", "python"):
         if key not in entry:
-            problems.append(doc.problem(path, f"missing required field '{key}'"))
+            r.add(path, f"missing required field '{key}'")
     if any(key not in entry for key in ("torch", "cuda", "python")):
         return []
-    torches = versions(doc, (*path, "torch"), entry["torch"], problems)
-    cudas = versions(doc, (*path, "cuda"), entry["cuda"], problems)
-    pythons = versions(doc, (*path, "python"), entry["python"], problems)
-    oses = versions(doc, (*path, "os"), entry["os"], problems) if "os" in entry else None
+    torches = versions(r, (*path, "torch"), entry["torch"])
+    cudas = versions(r, (*path, "cuda"), entry["cuda"])
+    pythons = versions(r, (*path, "python"), entry["python"])
+    oses = versions(r, (*path, "os"), entry["os"]) if "os" in entry else None
     if "deprecated" in entry:
-        boolean(doc, (*path, "deprecated"), entry["deprecated"], problems)
+        boolean(r, (*path, "deprecated"), entry["deprecated"])
     kinds = {cuda == "cpu" for cuda, _ in cudas}
     if len(kinds) > 1:
-        problems.append(doc.problem((*path, "cuda"), "cpu and CUDA versions need separate entries (their flavours differ)"))
+        r.add((*path, "cuda"), "cpu and CUDA versions need separate entries (their flavours differ)")
         return []
     is_cpu = kinds == {True}
     valid = ("cpu",) if is_cpu else CUDA_FLAVOURS
     context = "for a CPU image" if is_cpu else "for a CUDA image"
-    flavours = choices(doc, (*path, "flavours"), entry.get("flavours", list(valid[:1])), valid, problems, what="flavour", context=context)
-    extra = packages(doc, (*path, "packages"), entry.get("packages", []), problems)
-    apt = words(doc, (*path, "apt_packages"), entry.get("apt_packages", []), problems)
-    omit = words(doc, (*path, "omit"), entry.get("omit", []), problems)
+    flavours = choices(r, (*path, "flavours"), entry.get("flavours", list(valid[:1])), valid, what="flavour", context=context)
+    extra = packages(r, (*path, "packages"), entry.get("packages", []))
+    apt = words(r, (*path, "apt_packages"), entry.get("apt_packages", []))
+    omit = words(r, (*path, "omit"), entry.get("omit", []))
     for i, name in enumerate(omit):
         if name not in OMITTABLE:
-            problems.append(doc.problem((*path, "omit", i), f"can omit only {', '.join(OMITTABLE)}, not {name!r}"))
+            r.add((*path, "omit", i), f"can omit only {', '.join(OMITTABLE)}, not {name!r}")
     specs = []
     for torch_v, torch_path in torches:
         release = table.torch.get(torch_v)
         if release is None:
             known = sorted(table.torch, key=compat_mod.version_key)
-            problems.append(
-                doc.problem(
-                    torch_path,
-                    f"unknown torch release {torch_v!r}{did_you_mean(torch_v, known)}; known: {known[0]} … {known[-1]}",
-                )
-            )
+            r.add(torch_path, f"unknown torch release {torch_v!r}{did_you_mean(torch_v, known)}; known: {known[0]} … {known[-1]}")
             continue
         if excluded(exclusions, torch=torch_v):
             continue
         if release.pending:
-            problems.append(doc.problem(torch_path, f"torch {torch_v} cannot be built yet: {release.pending}"))
+            r.add(torch_path, f"torch {torch_v} cannot be built yet: {release.pending}")
             continue
         for cuda_v, cuda_path in cudas:
             if excluded(exclusions, torch=torch_v, cuda=cuda_v):
                 continue
-            wheel = _wheel(doc, cuda_path, release, cuda_v, settings, problems)
+            wheel = _wheel(r, cuda_path, table, release, cuda_v, omit)
             if wheel is None:
                 continue
             for python_v, python_path in pythons:
                 if excluded(exclusions, torch=torch_v, cuda=cuda_v, python=python_v):
                     continue
-                if python_v not in release.python:
-                    problems.append(
-                        doc.problem(
-                            python_path,
-                            f"torch {torch_v} has no wheels for python {python_v}; it has {', '.join(release.python)}",
-                        )
-                    )
+                if (missing := missing_python(table, release, wheel.family, python_v)) is not None:
+                    r.add(python_path, f"torch {torch_v}: {missing}")
                     continue
-                for os_v in _oses(doc, oses, python_v, python_path, cuda_v, settings, problems):
+                for os_v in _oses(r, oses, python_v, python_path, cuda_v, settings):
                     for flavour in flavours:
                         if excluded(exclusions, torch=torch_v, cuda=cuda_v, python=python_v, os=os_v, flavour=flavour):
                             continue
-                        spec = _spec(doc, path, release, wheel, python_v, os_v, flavour, settings, extra, apt, omit)
-                        specs.append(spec)
+                        specs.append(_spec(r, path, release, wheel, python_v, os_v, flavour, settings, extra, apt))
     return specs
 
 
@@ -131,69 +121,62 @@ class _Wheel:
     cuda: compat_mod.CudaRelease | None
     variant: str
     reason: str
+    family: tuple[FamilyBuild, ...]
 
 
-def _wheel(
-    doc: Document, path: Path_, release: compat_mod.TorchRelease, cuda_v: str, settings: Settings, problems: list[Problem]
-) -> _Wheel | None:
-    table = compat_mod.load_compat()
+def _wheel(r: Reader, path: Path_, table: Compat, release: compat_mod.TorchRelease, cuda_v: str, omit: tuple[str, ...]) -> _Wheel | None:
     if cuda_v == "cpu":
         if not release.cpu:
-            problems.append(doc.problem(path, f"torch {release.version} has no CPU build"))
+            r.add(path, f"torch {release.version} has no CPU build")
             return None
-        return _Wheel(None, "cpu", "CPU image: torch CPU build")
-    cuda_rel = table.cuda.get(cuda_v)
-    if cuda_rel is None:
-        known = sorted(table.cuda, key=compat_mod.version_key)
-        problems.append(
-            doc.problem(path, f'unknown CUDA version {cuda_v!r}{did_you_mean(cuda_v, known)}; valid: {", ".join(known)} or "cpu"')
-        )
+        cuda_rel, variant, reason = None, "cpu", "CPU image: torch CPU build"
+    else:
+        cuda_rel = table.cuda.get(cuda_v)
+        if cuda_rel is None:
+            known = sorted(table.cuda, key=compat_mod.version_key)
+            r.add(path, f'unknown CUDA version {cuda_v!r}{did_you_mean(cuda_v, known)}; valid: {", ".join(known)} or "cpu"')
+            return None
+        found, reason = compat_mod.wheel_variant_for(release, cuda_v)
+        if found is None:
+            r.add(path, f"{reason}; it has {compat_mod.describe_variants(release)}")
+            return None
+        variant = found
+    try:
+        family = family_builds(table, release, variant, omit=omit)
+    except FamilyError as exc:
+        r.add(path, f"torch {release.version}: {exc}")
         return None
-    variant, reason = compat_mod.wheel_variant_for(release, cuda_v)
-    if variant is None:
-        problems.append(doc.problem(path, f"{reason}; it has {compat_mod.describe_variants(release)}"))
-        return None
-    return _Wheel(cuda_rel, variant, reason)
+    return _Wheel(cuda_rel, variant, reason, family)
 
 
-def _oses(
-    doc: Document,
-    oses: list[tuple[str, Path_]] | None,
-    python_v: str,
-    python_path: Path_,
-    cuda_v: str,
-    settings: Settings,
-    problems: list[Problem],
-) -> list[str]:
+def _oses(r: Reader, oses: list[tuple[str, Path_]] | None, python_v: str, python_path: Path_, cuda_v: str, settings: Settings) -> list[str]:
     """The given os values that fit, or, when none are given, the newest os that ships this python."""
-    table = compat_mod.load_compat()
+    table = settings.table
     cuda_rel = table.cuda.get(cuda_v)
     published = tuple(o for o in (cuda_rel.os if cuda_rel and settings.check_base_tags else table.os) if o in table.os)
     if oses is None:
         fitting = [name for name in published if table.os[name].python == python_v]
         if not fitting:
             shipped = ", ".join(f"{name} ({table.os[name].python})" for name in published)
-            problems.append(doc.problem(python_path, f"no base os ships python {python_v}; available: {shipped}"))
+            r.add(python_path, f"no base os ships python {python_v}; available: {shipped}")
             return []
         return [fitting[-1]]
     out = []
     for os_v, os_path in oses:
         osr = table.os.get(os_v)
         if osr is None:
-            problems.append(doc.problem(os_path, f"unknown os {os_v!r}{did_you_mean(os_v, list(table.os))}; valid: {', '.join(table.os)}"))
+            r.add(os_path, f"unknown os {os_v!r}{did_you_mean(os_v, list(table.os))}; valid: {', '.join(table.os)}")
         elif osr.python != python_v:
-            problems.append(
-                doc.problem(python_path, f'{os_v} provides python {osr.python}, not {python_v}; use python "{osr.python}" or another os')
-            )
+            r.add(python_path, f'{os_v} provides python {osr.python}, not {python_v}; use python "{osr.python}" or another os')
         elif cuda_rel is not None and settings.check_base_tags and os_v not in cuda_rel.os:
-            problems.append(doc.problem(os_path, f"nvidia/cuda has no CUDA {cuda_v} images for {os_v}; it has {', '.join(cuda_rel.os)}"))
+            r.add(os_path, f"nvidia/cuda has no CUDA {cuda_v} images for {os_v}; it has {', '.join(cuda_rel.os)}")
         else:
             out.append(os_v)
     return out
 
 
 def _spec(
-    doc: Document,
+    r: Reader,
     path: Path_,
     release: compat_mod.TorchRelease,
     wheel: _Wheel,
@@ -203,27 +186,25 @@ def _spec(
     settings: Settings,
     extra: tuple[Package, ...],
     apt: tuple[str, ...],
-    omit: tuple[str, ...],
 ) -> ImageSpec:
-    table = compat_mod.load_compat()
-    osr = table.os[os_v]
-    index = settings.pytorch_index
+    osr = settings.table.os[os_v]
+    base: BaseImage
     if wheel.cuda is None:
-        base_upstream = osr.image
-        wheel_index = f"{index.rstrip('/')}/cpu" if index else None
-        torch_build, cudnn, wheel_cuda = f"{release.version}+cpu", None, None
+        base = compat_mod.os_base(osr, mirror=settings.mirror)
+        cudnn, wheel_cuda = None, None
     else:
         kind = "base" if flavour == "runtime" else "devel"
-        base_upstream = f"{settings.base_repo}:{wheel.cuda.full}-{kind}-{os_v}"
-        wheel_index = compat_mod.wheel_index_for(release, wheel.variant, index)
-        torch_build = compat_mod.torch_requirement(release, wheel.variant).split("==", 1)[1]
+        base = compat_mod.cuda_base(wheel.cuda, kind, os_v, repository=settings.base_repo, mirror=settings.mirror)
         cudnn, wheel_cuda = release.variants[wheel.variant], compat_mod.cuda_from_tag(wheel.variant)
+    builds = {b.name: b for b in wheel.family}
+    index = settings.pytorch_index
     spec = ImageSpec(
         name="",
         torch=release.version,
-        torch_build=torch_build,
-        torchvision=None if "torchvision" in omit else release.torchvision,
-        torchaudio=None if "torchaudio" in omit else release.torchaudio,
+        torch_build=builds["torch"].version,
+        torchvision=builds["torchvision"].version if "torchvision" in builds else None,
+        torchaudio=builds["torchaudio"].version if "torchaudio" in builds else None,
+        family=wheel.family,
         python=python_v,
         os=os_v,
         flavour=flavour,
@@ -233,15 +214,14 @@ def _spec(
         wheel_variant=wheel.variant,
         wheel_cuda=wheel_cuda,
         wheel_reason=wheel.reason,
-        wheel_index=wheel_index,
+        wheel_indexes={b.name: f"{index.rstrip('/')}/{b.variant}" for b in wheel.family if index and not b.on_pypi},
         cudnn=cudnn,
-        base_image=f"{settings.mirror.rstrip('/')}/{base_upstream}" if settings.mirror else base_upstream,
-        base_upstream=base_upstream,
+        base=base,
         glibc=osr.glibc,
         packages=settings.packages + extra,
         apt_packages=tuple(sorted(set(settings.apt_packages + apt + os_packages(python_v)))),
         repository=settings.target_repo,
         tags=(),
-        source=(doc.file, doc.where(path)[0]),
+        source=(r.file, r.line(path)),
     )
     return replace(spec, name=full_tag(spec), tags=(full_tag(spec),))

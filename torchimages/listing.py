@@ -6,8 +6,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .lock import Lock
 from .model import ImageSpec
-from .wheels import mask_credentials
+from .wheels import WheelError, mask_credentials
 
 
 def spec_record(spec: ImageSpec) -> dict[str, Any]:
@@ -58,4 +59,34 @@ def format_matrix(specs: Sequence[ImageSpec], fmt: str, *, config: str) -> str:
     reasons = [f"  {s.name}: {s.wheel_reason}" for s in specs if s.cuda and s.wheel_variant != f"cu{s.cuda.replace('.', '')}"]
     if reasons:
         lines += ["", "wheels that differ from the base CUDA:", *reasons]
+    return "\n".join(lines)
+
+
+def format_locks(specs: Sequence[ImageSpec], results: dict[str, Lock | WheelError], fmt: str) -> str:
+    """invoke lock output: per image, whether it resolved and to which torch, torchvision and torchaudio."""
+    records: list[dict[str, Any]] = []
+    for spec in specs:
+        outcome = results[spec.name]
+        resolved = isinstance(outcome, Lock)
+        records.append(
+            {
+                "name": spec.name,
+                "resolved": resolved,
+                "error": None if resolved else str(outcome),
+                "packages": outcome.packages if isinstance(outcome, Lock) else {},
+            }
+        )
+    if fmt == "json":
+        return json.dumps({"images": records}, indent=2)
+    header = ("image", "torch", "torchvision", "torchaudio", "files")
+    rows = [
+        (r["name"], *(r["packages"].get(n, "-") for n in ("torch", "torchvision", "torchaudio")), str(len(r["packages"])))
+        for r in records
+        if r["resolved"]
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    failures = [f"  {r['name']}: {r['error']}" for r in records if not r["resolved"]]
+    if failures:
+        lines += ["", "did not resolve:", *failures]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compat as compat_mod
-from .config import ConfigError, Document, Path_, Problem, load_document, scalar_kind
+from .config import ConfigError, Document, Path_, Problem, Reader, load_document, scalar_kind
 from .entries import Exclusion, Settings, expand_entry
 from .model import ImageSpec
 from .schema import boolean, packages, reference, section, string, unknown_keys, versions, words
@@ -55,104 +55,111 @@ def _minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def load_matrix(path: Path | str, *, base_mirror: str | None = None, use_environment: bool = True) -> Matrix:
+def load_matrix(
+    path: Path | str, *, base_mirror: str | None = None, use_environment: bool = True, pytorch_index: str | None = None
+) -> Matrix:
     """Read and validate a matrix file; raises ConfigError with every problem found."""
     doc = load_document(path)
-    return build_matrix(doc, base_mirror=base_mirror, use_environment=use_environment)
+    return build_matrix(doc, base_mirror=base_mirror, use_environment=use_environment, pytorch_index=pytorch_index)
 
 
-def build_matrix(doc: Document, *, base_mirror: str | None = None, use_environment: bool = True) -> Matrix:
+def build_matrix(
+    doc: Document, *, base_mirror: str | None = None, use_environment: bool = True, pytorch_index: str | None = None
+) -> Matrix:
     """Validate a parsed document and expand it.
 
-    The base mirror comes from base_mirror, else $TORCH_IMAGES_BASE_MIRROR, else the file.
+    The base mirror comes from base_mirror, else $TORCH_IMAGES_BASE_MIRROR, else the file; the PyTorch index
+    from pytorch_index (the test environment's replica), else the file.
     """
-    problems: list[Problem] = []
+    r = Reader(doc)
     data = doc.data
     if not isinstance(data, dict):
         raise ConfigError([doc.problem((), f"expected a mapping with keys {', '.join(TOP_KEYS)}, got {scalar_kind(data)}")])
-    unknown_keys(doc, (), data, TOP_KEYS, problems)
-    settings, port = _settings(doc, data, problems, base_mirror=base_mirror, use_environment=use_environment)
+    unknown_keys(r, (), data, TOP_KEYS)
+    settings, port = _settings(r, data, base_mirror=base_mirror, use_environment=use_environment, pytorch_index=pytorch_index)
     images_raw = data.get("images")
     if not isinstance(images_raw, list) or not images_raw:
-        problems.append(doc.problem(("images",), "must be a non-empty list of image entries"))
+        r.add(("images",), "must be a non-empty list of image entries")
         images_raw = []
-    exclusions = _exclusions(doc, data.get("exclude", []), problems)
+    exclusions = _exclusions(r, data.get("exclude", []))
     specs: list[ImageSpec] = []
     deprecated: list[ImageSpec] = []
     for index, entry in enumerate(images_raw):
         path: Path_ = ("images", index)
         if not isinstance(entry, dict):
-            problems.append(doc.problem(path, f"each image entry must be a mapping, got {scalar_kind(entry)}"))
+            r.add(path, f"each image entry must be a mapping, got {scalar_kind(entry)}")
             continue
-        expanded = expand_entry(doc, path, entry, settings, exclusions, problems)
+        expanded = expand_entry(r, path, entry, settings, exclusions)
         (deprecated if entry.get("deprecated") is True else specs).extend(expanded)
-    problems += [doc.problem(e.path, "matches no image; remove it or fix its fields") for e in exclusions if not e.used]
-    _check_unique_tags(doc, specs + deprecated, problems)
-    if problems:
-        raise ConfigError(list(dict.fromkeys(problems)))  # a bad value shared by many combinations is told once
+    for e in exclusions:
+        if not e.used:
+            r.add(e.path, "matches no image; remove it or fix its fields")
+    _check_unique_tags(r, specs + deprecated)
+    if r.problems:
+        raise ConfigError(list(dict.fromkeys(r.problems)))  # a bad value shared by many combinations is told once
     aliased = with_aliases(specs + deprecated, released=len(specs))
     return Matrix(file=doc.file, images=tuple(aliased[: len(specs)]), deprecated=tuple(aliased[len(specs) :]), wheel_port=port)
 
 
 def _settings(
-    doc: Document, data: dict[str, Any], problems: list[Problem], *, base_mirror: str | None, use_environment: bool
+    r: Reader, data: dict[str, Any], *, base_mirror: str | None, use_environment: bool, pytorch_index: str | None
 ) -> tuple[Settings, int]:
-    target = section(doc, data, "target", TARGET_KEYS, problems)
-    base = section(doc, data, "base", BASE_KEYS, problems)
-    wheels = section(doc, data, "wheels", WHEELS_KEYS, problems)
-    repository = reference(doc, ("target", "repository"), target.get("repository"), "repository", problems, required=True)
-    registry = reference(doc, ("target", "registry"), target.get("registry", ""), "registry", problems)
+    target = section(r, data, "target", TARGET_KEYS)
+    base = section(r, data, "base", BASE_KEYS)
+    wheels = section(r, data, "wheels", WHEELS_KEYS)
+    repository = reference(r, ("target", "repository"), target.get("repository"), "repository", required=True)
+    registry = reference(r, ("target", "registry"), target.get("registry", ""), "registry")
     mirror_path: Path_ = ("base", "mirror")
     mirror = base_mirror if base_mirror is not None else (os.environ.get(MIRROR_ENV) if use_environment else None)
     if mirror is not None:  # from outside the file: checked all the same, it goes into FROM lines
-        mirror_problems: list[Problem] = []
-        mirror = reference(doc, mirror_path, mirror, "mirror", mirror_problems)
-        problems += [replace(p, field=f"{p.field} (from ${MIRROR_ENV} or the command line)") for p in mirror_problems]
+        outside = Reader(r.doc)
+        mirror = reference(outside, mirror_path, mirror, "mirror")
+        r.problems += [replace(p, field=f"{p.field} (from ${MIRROR_ENV} or the command line)") for p in outside.problems]
     else:
-        mirror = reference(doc, mirror_path, base.get("mirror", ""), "mirror", problems)
-    pytorch_index = wheels.get("pytorch_index", compat_mod.PYTORCH_INDEX)
-    if pytorch_index is not None:
-        pytorch_index = string(doc, ("wheels", "pytorch_index"), pytorch_index, problems)
+        mirror = reference(r, mirror_path, base.get("mirror", ""), "mirror")
+    if pytorch_index is None:
+        pytorch_index = wheels.get("pytorch_index", compat_mod.PYTORCH_INDEX)
+        if pytorch_index is not None:
+            pytorch_index = string(r, ("wheels", "pytorch_index"), pytorch_index)
     port = wheels.get("port", DEFAULT_PORT)
     if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
-        problems.append(doc.problem(("wheels", "port"), f"must be a port number 1024-65535, got {port!r}"))
+        r.add(("wheels", "port"), f"must be a port number 1024-65535, got {port!r}")
         port = DEFAULT_PORT
     settings = Settings(
-        packages=packages(doc, ("packages",), data.get("packages", []), problems),
-        apt_packages=words(doc, ("apt_packages",), data.get("apt_packages", []), problems),
+        table=compat_mod.load_compat(),
+        packages=packages(r, ("packages",), data.get("packages", [])),
+        apt_packages=words(r, ("apt_packages",), data.get("apt_packages", [])),
         target_repo=f"{registry.rstrip('/')}/{repository}" if registry else repository,
-        base_repo=reference(doc, ("base", "repository"), base.get("repository", "nvidia/cuda"), "repository", problems),
+        base_repo=reference(r, ("base", "repository"), base.get("repository", "nvidia/cuda"), "repository"),
         mirror=mirror,
         pytorch_index=pytorch_index,
-        check_base_tags=boolean(doc, ("base", "check_tags"), base.get("check_tags", True), problems),
+        check_base_tags=boolean(r, ("base", "check_tags"), base.get("check_tags", True)),
     )
     return settings, port
 
 
-def _exclusions(doc: Document, raw: Any, problems: list[Problem]) -> list[Exclusion]:
+def _exclusions(r: Reader, raw: Any) -> list[Exclusion]:
     """exclude: a list of {torch, cuda, python, os, flavour} patterns, each value a version or a list."""
     if not isinstance(raw, list):
-        problems.append(doc.problem(("exclude",), f"must be a list of patterns, got {scalar_kind(raw)}"))
+        r.add(("exclude",), f"must be a list of patterns, got {scalar_kind(raw)}")
         return []
     out = []
     for index, pattern in enumerate(raw):
         path: Path_ = ("exclude", index)
         if not isinstance(pattern, dict) or not pattern:
-            problems.append(doc.problem(path, f"must be a mapping with some of {', '.join(EXCLUDE_KEYS)}"))
+            r.add(path, f"must be a mapping with some of {', '.join(EXCLUDE_KEYS)}")
             continue
-        unknown_keys(doc, path, pattern, EXCLUDE_KEYS, problems)
-        fields = {
-            key: {v for v, _ in versions(doc, (*path, key), value, problems)} for key, value in pattern.items() if key in EXCLUDE_KEYS
-        }
+        unknown_keys(r, path, pattern, EXCLUDE_KEYS)
+        fields = {key: {v for v, _ in versions(r, (*path, key), value)} for key, value in pattern.items() if key in EXCLUDE_KEYS}
         out.append(Exclusion(path=path, fields=fields))
     return out
 
 
-def _check_unique_tags(doc: Document, specs: list[ImageSpec], problems: list[Problem]) -> None:
+def _check_unique_tags(r: Reader, specs: list[ImageSpec]) -> None:
     seen: dict[str, ImageSpec] = {}
     for spec in specs:
         for tag in spec.tags:
             first = seen.setdefault(tag, spec)
             if first is not spec:
                 message = f"tag {tag!r} is also produced by the entry on line {first.source[1]}"
-                problems.append(Problem(doc.file, spec.source[1], 3, "images", message))
+                r.problems.append(Problem(r.file, spec.source[1], 3, "images", message))

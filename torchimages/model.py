@@ -15,6 +15,43 @@ class Package:
     module: str | None
 
 
+@dataclass(frozen=True)
+class FamilyBuild:
+    """One exact build of torch, torchvision or torchaudio."""
+
+    name: str
+    version: str  # as the wheel's metadata names it: 2.11.0+cu126, or 2.11.0 for PyPI's build
+    variant: str  # what it was built for: cu126, cpu
+    on_pypi: bool  # PyPI's build (else the PyTorch index's)
+
+    @property
+    def requirement(self) -> str:
+        """The pip requirement that admits this build and no other variant."""
+        return f"{self.name}=={self.version}" if "+" in self.version else f"{self.name}==={self.version}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseImage:
+    """A base image as the compatibility table names it, built once: nvidia/cuda:<full>-<kind>-<os> or a distribution's."""
+
+    repository: str  # nvidia/cuda, library/debian
+    tag: str
+    kind: str  # base | runtime | devel | cudnn-runtime | cudnn-devel for nvidia/cuda; os for a distribution image
+    os: str
+    cuda_full: str | None = None
+    mirror: str = ""  # a registry mirror that FROM pulls through
+
+    @property
+    def upstream(self) -> str:
+        """The name upstream publishes, recorded in labels."""
+        return f"{self.repository}:{self.tag}"
+
+    @property
+    def ref(self) -> str:
+        """What FROM pulls: the upstream name behind the mirror, if any."""
+        return f"{self.mirror.rstrip('/')}/{self.upstream}" if self.mirror else self.upstream
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageSpec:
     """Everything needed to render, build, verify and tag one image."""
@@ -22,8 +59,9 @@ class ImageSpec:
     name: str
     torch: str  # the release, e.g. 2.11.0
     torch_build: str  # what torch.__version__ must match: 2.11.0 (any local part), 2.13.0+cpu (exactly)
-    torchvision: str | None
+    torchvision: str | None  # the exact build: 0.26.0+cu126, or 0.26.0 for PyPI's
     torchaudio: str | None
+    family: tuple[FamilyBuild, ...]  # torch, torchvision, torchaudio: what pip must resolve, exactly
     python: str
     os: str
     flavour: str  # runtime | devel | cpu
@@ -33,10 +71,15 @@ class ImageSpec:
     wheel_variant: str  # cu130 | cpu
     wheel_cuda: str | None
     wheel_reason: str
-    wheel_index: str | None  # extra index for the torch wheels; None: pip's own configuration
+    wheel_indexes: dict[str, str]  # family member -> the PyTorch index folder it comes from (none: PyPI, or pip's configuration)
+
+    @property
+    def wheel_index(self) -> str | None:
+        """The PyTorch index folder torch comes from, if any."""
+        return self.wheel_indexes.get("torch")
+
     cudnn: str | None  # cuDNN major the wheels carry
-    base_image: str  # what FROM pulls (mirror applied)
-    base_upstream: str  # the upstream name, recorded in labels
+    base: BaseImage
     glibc: str
     packages: tuple[Package, ...]
     apt_packages: tuple[str, ...]
@@ -47,18 +90,23 @@ class ImageSpec:
     @property
     def requirements(self) -> tuple[str, ...]:
         """Every pip requirement of the image, torch first."""
-        reqs = [f"torch=={self.torch_build}"]
-        if self.torchvision:
-            reqs.append(f"torchvision=={self.torchvision}")
-        if self.torchaudio:
-            reqs.append(f"torchaudio=={self.torchaudio}")
-        return tuple(reqs) + tuple(p.requirement for p in self.packages)
+        return tuple(b.requirement for b in self.family) + tuple(p.requirement for p in self.packages)
 
     @property
     def modules(self) -> tuple[str, ...]:
         """Modules that must import in the image."""
         family = tuple(name for name, version in (("torchvision", self.torchvision), ("torchaudio", self.torchaudio)) if version)
         return family + tuple(p.module for p in self.packages if p.module)
+
+    @property
+    def base_image(self) -> str:
+        """What FROM pulls (mirror applied)."""
+        return self.base.ref
+
+    @property
+    def base_upstream(self) -> str:
+        """The base's upstream name, recorded in labels."""
+        return self.base.upstream
 
     @property
     def refs(self) -> tuple[str, ...]:

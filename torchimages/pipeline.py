@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .engine import Engine, EngineError, ImageInfo
+from .lock import Indexes
 from .matrix import Matrix
 from .model import BuildResult, ImageSpec, PushResult, VerifyReport
 from .publish import push_refs, tag_image
@@ -34,8 +35,16 @@ class BuildOptions:
     jobs: int = 1
     gpus: str = "auto"  # auto | all | none
     rebuild: bool = False  # ignore an existing verified image with the same build hash
-    out_dir: Path = ROOT / "build"
-    wheelhouse: Path = ROOT / "build" / "wheelhouse"  # shared across runs: a wheel already there is not fetched again
+    out_dir: Path = ROOT / "build"  # reports, logs, locks/ and wheelhouse/ (shared across runs: a wheel there is not fetched again)
+    indexes: Indexes = Indexes()
+
+    @property
+    def wheelhouse(self) -> Path:
+        return self.out_dir / "wheelhouse"
+
+    @property
+    def locks(self) -> Path:
+        return self.out_dir / "locks"
 
 
 class _Console:
@@ -60,7 +69,7 @@ def build_images(
     logs.mkdir(parents=True, exist_ok=True)
     wheelhouse = options.wheelhouse
     with open(logs / "wheels.log", "w") as wheel_log:
-        wheel_sets = fetch_wheels(specs, wheelhouse, log=wheel_log, say=say)
+        wheel_sets = fetch_wheels(specs, wheelhouse, options.locks, options.indexes, log=wheel_log, say=say)
     results: dict[str, BuildResult] = {}
     with WheelServer(wheelhouse, matrix.wheel_port), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         futures = {

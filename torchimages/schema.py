@@ -5,36 +5,36 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .config import Document, Path_, Problem, did_you_mean, scalar_kind, version_problem
+from .config import Path_, Reader, did_you_mean, scalar_kind, version_ok
 from .model import Package
 
 # Import names for requirements whose module differs from the distribution name.
 KNOWN_MODULES = {"pyyaml": "yaml", "jupyter": "jupyterlab", "pillow": "PIL", "scikit-learn": "sklearn"}
 
 
-def unknown_keys(doc: Document, path: Path_, data: dict[str, Any], keys: tuple[str, ...], problems: list[Problem]) -> None:
+def unknown_keys(r: Reader, path: Path_, data: dict[str, Any], keys: tuple[str, ...]) -> None:
     for key in data:
         if key not in keys:
-            problems.append(doc.problem((*path, key), f"unknown key {key!r}{did_you_mean(key, keys)}; valid: {', '.join(keys)}", key=True))
+            r.add((*path, key), f"unknown key {key!r}{did_you_mean(key, keys)}; valid: {', '.join(keys)}", key=True)
 
 
-def section(doc: Document, data: dict[str, Any], key: str, keys: tuple[str, ...], problems: list[Problem]) -> dict[str, Any]:
+def section(r: Reader, data: dict[str, Any], key: str, keys: tuple[str, ...]) -> dict[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, dict):
-        problems.append(doc.problem((key,), f"must be a mapping with keys {', '.join(keys)}, got {scalar_kind(value)}"))
+        r.add((key,), f"must be a mapping with keys {', '.join(keys)}, got {scalar_kind(value)}")
         return {}
-    unknown_keys(doc, (key,), value, keys, problems)
+    unknown_keys(r, (key,), value, keys)
     return value
 
 
-def string(doc: Document, path: Path_, value: Any, problems: list[Problem], *, required: bool = False) -> str:
+def string(r: Reader, path: Path_, value: Any, *, required: bool = False) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or (required and not value.strip()):
-        problems.append(doc.problem(path, f"must be a string, got {scalar_kind(value)}"))
+        r.add(path, f"must be a string, got {scalar_kind(value)}")
         return ""
     if any(ch.isspace() or ord(ch) < 32 for ch in value):
-        problems.append(doc.problem(path, f"must not contain whitespace or control characters: {value!r}"))
+        r.add(path, f"must not contain whitespace or control characters: {value!r}")
         return ""
     return value
 
@@ -48,95 +48,86 @@ REFERENCE_PATTERNS = {
 }
 
 
-def reference(doc: Document, path: Path_, value: Any, kind: str, problems: list[Problem], *, required: bool = False) -> str:
+def reference(r: Reader, path: Path_, value: Any, kind: str, *, required: bool = False) -> str:
     """A part of an image reference (repository, registry, mirror) in Docker's grammar; it ends up in FROM and tags."""
-    text = string(doc, path, value, problems, required=required)
+    text = string(r, path, value, required=required)
     pattern, example = REFERENCE_PATTERNS[kind]
     if text and not pattern.fullmatch(text):
-        problems.append(doc.problem(path, f"not a valid {kind}: {text!r} (write {example})"))
+        r.add(path, f"not a valid {kind}: {text!r} (write {example})")
         return ""
     return text
 
 
-def boolean(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> bool:
+def boolean(r: Reader, path: Path_, value: Any) -> bool:
     if not isinstance(value, bool):
-        problems.append(doc.problem(path, f"must be true or false, got {scalar_kind(value)}"))
+        r.add(path, f"must be true or false, got {scalar_kind(value)}")
         return False
     return value
 
 
-def versions(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> list[tuple[str, Path_]]:
+def versions(r: Reader, path: Path_, value: Any) -> list[tuple[str, Path_]]:
     """A version or a list of versions, each with its own path for messages."""
     items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
     if isinstance(value, list) and not value:
-        problems.append(doc.problem(path, "must not be an empty list"))
+        r.add(path, "must not be an empty list")
     out = []
     for index, item in items:
         item_path = path if index is None else (*path, index)
-        if (bad := version_problem(doc, item_path, item)) is not None:
-            problems.append(bad)
-        else:
+        if version_ok(r, item_path, item):
             out.append((str(item), item_path))
     return out
 
 
-def words(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> tuple[str, ...]:
+def words(r: Reader, path: Path_, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        problems.append(doc.problem(path, f"must be a list of names, got {scalar_kind(value)}"))
+        r.add(path, f"must be a list of names, got {scalar_kind(value)}")
         return ()
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item[:1].isalnum() or not all(ch.isalnum() or ch in "+-._:" for ch in item):
-            problems.append(doc.problem((*path, i), f"not a package name: {item!r}"))
+            r.add((*path, i), f"not a package name: {item!r}")
         else:
             out.append(item)
     return tuple(out)
 
 
-def packages(doc: Document, path: Path_, value: Any, problems: list[Problem]) -> tuple[Package, ...]:
+def packages(r: Reader, path: Path_, value: Any) -> tuple[Package, ...]:
     """Strings are pip requirements; {pip: ..., import: ...} names the module when it differs."""
     if not isinstance(value, list):
-        problems.append(doc.problem(path, f"must be a list of pip requirements, got {scalar_kind(value)}"))
+        r.add(path, f"must be a list of pip requirements, got {scalar_kind(value)}")
         return ()
     out = []
     for i, item in enumerate(value):
         if isinstance(item, dict):
-            unknown_keys(doc, (*path, i), item, ("pip", "import"), problems)
+            unknown_keys(r, (*path, i), item, ("pip", "import"))
             req, module = item.get("pip"), item.get("import")
         else:
             req, module = item, None
         if not isinstance(req, str) or not req[:1].isalnum() or any(ch.isspace() or ch in "\"'`$\\;" for ch in req):
-            problems.append(doc.problem((*path, i), f'not a pip requirement: {req!r} (write e.g. "pandas" or "scipy>=1.11")'))
+            r.add((*path, i), f'not a pip requirement: {req!r} (write e.g. "pandas" or "scipy>=1.11")')
             continue
         dist = req
         for sep in "<>=!~[;@":
             dist = dist.split(sep, 1)[0]
         if module is not None and not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
-            problems.append(doc.problem((*path, i, "import"), f'not a module name: {module!r} (write e.g. "yaml" or "PIL.Image")'))
+            r.add((*path, i, "import"), f'not a module name: {module!r} (write e.g. "yaml" or "PIL.Image")')
             continue
         module = module if module is not None else KNOWN_MODULES.get(dist.lower(), dist.replace("-", "_"))
         out.append(Package(requirement=req, module=module))
     return tuple(out)
 
 
-def choices(
-    doc: Document, path: Path_, value: Any, valid: tuple[str, ...], problems: list[Problem], *, what: str, context: str
-) -> tuple[str, ...]:
+def choices(r: Reader, path: Path_, value: Any, valid: tuple[str, ...], *, what: str, context: str) -> tuple[str, ...]:
     """A non-empty list of distinct words, each one of valid."""
     if not isinstance(value, list) or not value:
-        problems.append(doc.problem(path, f"must be a list of {', '.join(valid)}"))
+        r.add(path, f"must be a list of {', '.join(valid)}")
         return ()
     out: list[str] = []
     for i, item in enumerate(value):
         if item not in valid:
-            problems.append(
-                doc.problem(
-                    (*path, i),
-                    f"unknown {what} {item!r}{did_you_mean(str(item), valid)}; valid {context}: {', '.join(valid)}",
-                )
-            )
+            r.add((*path, i), f"unknown {what} {item!r}{did_you_mean(str(item), valid)}; valid {context}: {', '.join(valid)}")
         elif item in out:
-            problems.append(doc.problem((*path, i), f"{what} {item!r} given twice"))
+            r.add((*path, i), f"{what} {item!r} given twice")
         else:
             out.append(item)
     return tuple(out)

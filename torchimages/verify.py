@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from .engine import Engine, EngineError
-from .model import Check, ImageSpec, VerifyReport
+from .model import Check, FamilyBuild, ImageSpec, VerifyReport
 
 VERIFY_TIMEOUT = 600
 
@@ -67,12 +67,21 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def build_matches(build: FamilyBuild, seen: str | None) -> bool:
+    """The version an image reports against the build it promised: the same release, and the same variant where it says one."""
+    if seen is None:
+        return False
+    public, _, local = seen.partition("+")
+    return public == build.version.split("+")[0] and (not local or local == build.variant)
+
+
 def promise_problems(spec: ImageSpec, report: VerifyReport) -> list[str]:
     """What the image says against what the matrix promised; a second opinion beside the in-image checks."""
     problems = []
-    torch_ok = report.torch == spec.torch_build if "+" in spec.torch_build else (report.torch or "").split("+")[0] == spec.torch
-    if not torch_ok:
-        problems.append(f"torch is {report.torch}, the matrix promised {spec.torch_build}")
+    for build in spec.family:
+        seen = report.torch if build.name == "torch" else report.packages.get(build.name)
+        if not build_matches(build, seen):
+            problems.append(f"{build.name} is {seen}, the matrix promised {build.version} (built for {build.variant})")
     if spec.wheel_cuda is None and report.torch_cuda is not None:
         problems.append(f"a CPU image holds a CUDA build of torch (CUDA {report.torch_cuda})")
     if spec.wheel_cuda is not None and report.torch_cuda != spec.wheel_cuda:

@@ -1,24 +1,26 @@
-"""Fetch every wheel on the host once per run, lock each image's set by hash, serve them on loopback."""
+"""Fetch the wheels an image's lock names into the shared wheelhouse (each file once), and serve them on loopback."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import http.server
+import importlib.metadata
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import threading
-import urllib.parse
-import urllib.request
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .model import ImageSpec
+if TYPE_CHECKING:
+    from .lock import Indexes, Lock
+    from .model import ImageSpec
 
 PIP_TIMEOUT = 3600
 
@@ -36,51 +38,19 @@ class WheelSet:
 
 
 def platform_tags(glibc: str, arch: str = "x86_64") -> list[str]:
-    """Every manylinux tag a system with this glibc can run, newest first."""
+    """Every platform tag pip inside the image accepts, most specific first: manylinux up to its glibc, then plain linux.
+
+    The PyTorch index publishes many wheels with the plain `linux_<arch>` tag (every torch 1.x and most 2.x
+    CUDA builds); pip on a Linux system accepts it, so the resolution on the host must too.
+    """
     major, minor = (int(x) for x in glibc.split(".")[:2])
     tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 4, -1)]
     legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
     tags += [f"{name}_{arch}" for m, name in legacy.items() if m <= minor]
-    return tags
+    return [*tags, f"linux_{arch}"]
 
 
-def _target_args(spec: ImageSpec) -> list[str]:
-    args = ["--only-binary=:all:", "--implementation", "cp", "--python-version", spec.python]
-    for tag in platform_tags(spec.glibc):
-        args += ["--platform", tag]
-    return args
-
-
-def group_key(spec: ImageSpec) -> tuple[Any, ...]:
-    """Images with the same key install exactly the same wheels."""
-    return (spec.python, spec.glibc, spec.wheel_index, spec.requirements)
-
-
-def fetch_wheels(specs: Iterable[ImageSpec], wheelhouse: Path, *, log: TextIO, say: Any = print) -> dict[str, WheelSet | WheelError]:
-    """For each image, fetch what it needs into wheelhouse (each file once) and lock it; errors per image."""
-    wheelhouse.mkdir(parents=True, exist_ok=True)
-    groups: dict[tuple[Any, ...], list[ImageSpec]] = {}
-    for spec in specs:
-        groups.setdefault(group_key(spec), []).append(spec)
-    results: dict[str, WheelSet | WheelError] = {}
-    for members in groups.values():
-        first = members[0]
-        names = ", ".join(s.name for s in members)
-        say(f"wheels: fetching for {names}")
-        try:
-            _download(first, wheelhouse, log)
-            wheel_set = _lock(first, wheelhouse, log)
-        except WheelError as exc:
-            for spec in members:
-                results[spec.name] = exc
-            continue
-        say(f"wheels: {len(wheel_set.files)} files locked for {names}")
-        for spec in members:
-            results[spec.name] = wheel_set
-    return results
-
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_USERINFO = re.compile(r"(?<=://)[^/\s]+@")
 
 
 def mask_credentials(text: str) -> str:
@@ -88,52 +58,117 @@ def mask_credentials(text: str) -> str:
     return _USERINFO.sub("***@", text)
 
 
-def _pip(args: list[str], log: TextIO, *, what: str) -> str:
+def pip_version() -> str:
+    return importlib.metadata.version("pip")
+
+
+def pip_environment(isolated: bool) -> dict[str, str] | None:
+    """Isolated: no pip configuration file of any level (pip's --isolated still reads the site-wide one) and no PIP_* variables."""
+    if not isolated:
+        return None
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull}
+
+
+def pip_run(args: list[str], log: TextIO, *, what: str, isolated: bool = False) -> str:
+    """Run this python's pip; its output goes to the log, its errors (and pip's reasons) into one WheelError."""
     command = [sys.executable, "-m", "pip", *args]
     log.write(mask_credentials("$ " + " ".join(command)) + "\n")
     log.flush()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False, env=pip_environment(isolated))
     except subprocess.TimeoutExpired:
         raise WheelError(f"{what}: pip ran past {PIP_TIMEOUT} s") from None
     log.write(mask_credentials(done.stdout + done.stderr))
     log.flush()
     if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
-        raise WheelError(mask_credentials(f"{what}: " + (" ".join(errors[-2:]) or f"pip exited {done.returncode}")))
+        raise WheelError(mask_credentials(f"{what}: " + (pip_reason(done.stdout + done.stderr) or f"pip exited {done.returncode}")))
     return done.stdout
 
 
-def _download(spec: ImageSpec, wheelhouse: Path, log: TextIO) -> None:
-    args = ["download", "--dest", str(wheelhouse), "--progress-bar", "off", *_target_args(spec)]
-    if spec.wheel_index:
-        args += ["--extra-index-url", spec.wheel_index]
-    _pip([*args, *spec.requirements], log, what=f"fetching wheels for {spec.name}")
+def pip_reason(output: str) -> str:
+    """pip's own explanation of a failure: its ERROR lines and the conflict it names, on one line."""
+    lines = output.splitlines()
+    reasons = [line.removeprefix("ERROR: ").strip() for line in lines if line.startswith("ERROR") and "dealing-with" not in line]
+    if "The conflict is caused by:" in lines:
+        start = lines.index("The conflict is caused by:") + 1
+        causes = [line.strip() for line in lines[start:] if line.startswith("    ")][:4]
+        reasons.append("the conflict is caused by: " + "; ".join(causes))
+    return " ".join(reasons)
 
 
-def _lock(spec: ImageSpec, wheelhouse: Path, log: TextIO) -> WheelSet:
-    """Resolve offline against the wheelhouse alone: the same answer the build will get."""
-    with tempfile.TemporaryDirectory(prefix="torch-images-lock-") as tmp:
-        report = Path(tmp) / "report.json"
-        args = [
-            "--isolated", "install", "--dry-run", "--ignore-installed", "--no-index", "--find-links", str(wheelhouse),
-            "--target", str(Path(tmp) / "target"), "--report", str(report), "--quiet", *_target_args(spec),
-        ]  # fmt: skip
-        _pip([*args, *spec.requirements], log, what=f"resolving wheels for {spec.name}")
-        data = json.loads(report.read_text())
-    lines, files = [], []
-    for item in sorted(data.get("install", []), key=lambda i: i["metadata"]["name"].lower()):
-        url = item["download_info"]["url"]
-        parsed = urllib.parse.urlparse(url)
-        path = Path(urllib.request.url2pathname(parsed.path))
-        if parsed.scheme != "file" or path.parent.resolve() != wheelhouse.resolve():
-            raise WheelError(f"resolving wheels for {spec.name}: {path.name} did not come from the wheelhouse ({mask_credentials(url)})")
-        name, version = item["metadata"]["name"], item["metadata"]["version"]
-        # pip hashed the file while resolving; hash it here only if its report does not say.
-        sha256 = (item["download_info"].get("archive_info") or {}).get("hashes", {}).get("sha256") or sha256_file(path)
-        lines.append(f"{name}=={version} \\\n    --hash=sha256:{sha256}")
-        files.append(path.name)
-    return WheelSet(lock="\n".join(lines) + "\n", files=tuple(files))
+def fetch_wheels(
+    specs: Sequence[ImageSpec], wheelhouse: Path, locks: Path, indexes: Indexes, *, log: TextIO, say: Any = print
+) -> dict[str, WheelSet | WheelError]:
+    """Lock each image (reusing current locks), then fetch what the locks name into the wheelhouse; errors per image."""
+    from .lock import lock_images
+
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    results: dict[str, WheelSet | WheelError] = {}
+    fetched: dict[str, WheelSet | WheelError] = {}
+    for spec in specs:
+        lock = lock_images([spec], indexes, locks, log=log, refresh=False, say=say)[spec.name]
+        if isinstance(lock, WheelError):
+            results[spec.name] = lock
+            continue
+        if lock.inputs not in fetched:
+            try:
+                fetched[lock.inputs] = fetch_locked(spec, lock, indexes, wheelhouse, log=log, say=say)
+            except WheelError as exc:
+                fetched[lock.inputs] = exc
+        results[spec.name] = fetched[lock.inputs]
+    return results
+
+
+def fetch_locked(spec: ImageSpec, lock: Lock, indexes: Indexes, wheelhouse: Path, *, log: TextIO, say: Any = print) -> WheelSet:
+    """Download the lock's files that the wheelhouse lacks (pip checks every hash), then check them all."""
+    from .lock import index_args, target_args
+
+    hashes = _HashCache(wheelhouse)
+    missing = [f for f in lock.files if hashes.get(f.filename) != f.sha256]
+    if missing:
+        say(f"wheels: fetching {len(missing)} of {len(lock.files)} files for {spec.name}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="torch-images-fetch-") as requirements:
+            requirements.write("".join(f"{f.name}=={f.version} --hash=sha256:{f.sha256}\n" for f in missing))
+            requirements.flush()
+            args = ["download", *index_args(spec, indexes), "--no-deps", "--require-hashes", "--progress-bar", "off"]
+            args += ["--dest", str(wheelhouse), *target_args(spec), "-r", requirements.name]
+            pip_run(args, log, what=f"fetching wheels for {spec.name}", isolated=indexes.isolated)
+    for f in lock.files:
+        if hashes.get(f.filename) != f.sha256:
+            raise WheelError(f"fetching wheels for {spec.name}: {f.filename} is not in the wheelhouse with sha256 {f.sha256}")
+    hashes.save()
+    return WheelSet(lock=lock.requirements, files=tuple(f.filename for f in lock.files))
+
+
+class _HashCache:
+    """sha256 of wheelhouse files, remembered by size and mtime so a warm run does not hash gigabytes again."""
+
+    def __init__(self, wheelhouse: Path) -> None:
+        self.wheelhouse = wheelhouse
+        self.path = wheelhouse / ".sha256.json"
+        try:
+            self.known: dict[str, list[Any]] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+
+    def get(self, filename: str) -> str | None:
+        path = self.wheelhouse / filename
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        entry = self.known.get(filename)
+        if entry is not None and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
+            return str(entry[2])
+        digest = sha256_file(path)
+        self.known[filename] = [stat.st_size, stat.st_mtime_ns, digest]
+        return digest
+
+    def save(self) -> None:
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(self.known, sort_keys=True))
+        partial.replace(self.path)
 
 
 def sha256_file(path: Path) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from torchimages import testenv
 from torchimages.engine import Engine
 from torchimages.matrix import Matrix, load_matrix
 from torchimages.model import BuildResult
 from torchimages.pipeline import BuildOptions, build_images
+from torchimages.testing import testenv
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "images.yaml"
 

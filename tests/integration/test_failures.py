@@ -12,7 +12,7 @@ import yaml
 
 from torchimages.engine import Engine
 from torchimages.model import BuildResult
-from torchimages.testenv import in_registry
+from torchimages.testing.testenv import in_registry
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]

@@ -12,7 +12,7 @@ import pytest
 
 from torchimages.engine import Engine
 from torchimages.model import BuildResult
-from torchimages.testenv import REGISTRY
+from torchimages.testing.testenv import REGISTRY
 from torchimages.verify import run_verify
 
 pytestmark = pytest.mark.integration

@@ -54,7 +54,7 @@ def test_matrix_json_lists_wheel_and_base_for_cuda_11_2() -> None:
     images = json.loads(done.stdout)["images"]
     assert images and all(i["wheel_variant"] == "cu111" and i["base_image"].startswith("nvidia/cuda:11.2.") for i in images)
     assert all(i["tags"] and i["cudnn"] == "8" and i["python"] == "3.8" for i in images)
-    assert {i["min_driver"] for i in images} == {"460.27.03"}
+    assert {i["min_driver"] for i in images} == {"460.32.03"}  # Table 3 for 11.2.2, the base's patch release
 
 
 def test_dry_run_names_every_ref_and_needs_no_engine() -> None:
@@ -69,7 +69,7 @@ def test_compat_show_lists_tags_and_pending_releases() -> None:
     done = invoke("compat.show", "--cuda", "12.3", "--torch", "2.15.0")
     assert done.returncode == 0, done.stderr
     assert "nvidia/cuda:12.3.2-cudnn9-devel-ubuntu22.04" in done.stdout
-    assert "not buildable yet: no torchvision release" in done.stdout
+    assert "torch 2.15.0: torchvision 0.29.2, torchaudio 2.11.0" in done.stdout
     assert invoke("compat.show", "--cuda", "12.99").returncode == 1
 
 

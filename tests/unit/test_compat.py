@@ -31,7 +31,7 @@ def test_base_tags_follow_nvidia_naming_over_time() -> None:
     table = load_compat()
     assert base_tags(table.cuda["11.8"])["cudnn-runtime"][-1] == "11.8.0-cudnn8-runtime-ubuntu22.04"
     assert base_tags(table.cuda["12.3"])["cudnn-devel"][0] == "12.3.2-cudnn9-devel-ubuntu20.04"
-    assert base_tags(table.cuda["12.8"])["cudnn-runtime"][-1] == "12.8.1-cudnn-runtime-ubuntu24.04"
+    assert base_tags(table.cuda["12.9"])["cudnn-runtime"][-1] == "12.9.2-cudnn-runtime-ubuntu24.04"
     assert base_tags(table.cuda["13.0"])["base"] == ["13.0.3-base-ubuntu22.04", "13.0.3-base-ubuntu24.04"]
 
 

@@ -103,7 +103,8 @@ def test_cuda_11_2_gets_cu111_wheels_and_says_why() -> None:
 def test_pypi_default_variant_needs_no_extra_index() -> None:
     (spec,) = expand(HEADER + '  - {torch: "2.11.0", cuda: "13.0", python: "3.12", os: ubuntu24.04}\n').images
     assert spec.wheel_index is None and spec.torch_build == "2.11.0"
-    assert spec.requirements[:3] == ("torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0")
+    # === admits PyPI's build only: ==2.11.0 would also admit 2.11.0+cu128 from any index pip sees
+    assert spec.requirements[:3] == ("torch===2.11.0", "torchvision===0.26.0", "torchaudio===2.11.0")
 
 
 def test_aliases_go_to_the_newest_python_only() -> None:

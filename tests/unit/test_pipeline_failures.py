@@ -6,8 +6,9 @@ import io
 import os
 from pathlib import Path
 
-from torchimages import pipeline, services
+from torchimages import pipeline
 from torchimages.matrix import load_matrix
+from torchimages.testing import services
 from torchimages.wheels import WheelError, WheelSet
 
 ROOT = Path(__file__).parents[2]

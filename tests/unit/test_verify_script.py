@@ -123,7 +123,7 @@ LABELS = {
     "org.torch-images.base-cuda": "13.0",
     "org.opencontainers.image.title": "unrelated",
 }
-NO_FLAGS: dict[str, str | None] = dict.fromkeys(("torch", "cuda", "cudnn", "python", "flavour", "packages"))
+NO_FLAGS: dict[str, str | None] = dict.fromkeys(("torch", "cuda", "cudnn", "python", "flavour", "packages", "torchvision", "torchaudio"))
 
 
 def test_labels_supply_expectations_when_no_flags() -> None:
@@ -136,6 +136,8 @@ def test_labels_supply_expectations_when_no_flags() -> None:
         "flavour": "runtime",
         "packages": ["torchvision", "yaml", "tqdm"],
         "base_cuda": "13.0",
+        "torchvision": None,
+        "torchaudio": None,
     }
 
 

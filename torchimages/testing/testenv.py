@@ -1,19 +1,20 @@
-"""Set up what the tests need, idempotently: a Docker engine, a loopback registry, stand-in CUDA bases."""
+"""Set up what the tests need, idempotently: a Docker engine, a loopback registry, index replicas, stand-in CUDA bases."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .engine import Engine
-from .model import ImageSpec
-from .services import MIRROR, REGISTRY, Say, TestEnvError, ensure_engine, ensure_registry, in_registry
+from ..engine import Engine
+from ..model import ImageSpec
+from .services import MIRROR, REGISTRY, REPLICA, Say, TestEnvError, ensure_engine, ensure_registry, ensure_replica, in_registry
 from .standins import check_nvcc, ensure_stand_ins
 
-__all__ = ["MIRROR", "REGISTRY", "TestEnvError", "ensure_stand_ins", "in_registry", "setup"]
+__all__ = ["MIRROR", "REGISTRY", "REPLICA", "TestEnvError", "ensure_stand_ins", "in_registry", "setup"]
 
 
 def setup(specs: Iterable[ImageSpec], say: Say = print) -> Engine:
     """Engine, registry and stand-ins; a second run reuses what is there."""
+    ensure_replica(say)
     engine = ensure_engine(say)
     ensure_registry(say)
     refs = ensure_stand_ins(engine, list(specs), say)

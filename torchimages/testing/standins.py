@@ -13,9 +13,9 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .engine import Engine
-from .model import ImageSpec
-from .render import context_tar
+from ..engine import Engine
+from ..model import ImageSpec
+from ..render import context_tar
 from .services import MIRROR, STATE, Say, TestEnvError, in_registry, run_logged
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -69,7 +69,7 @@ def _stand_in_requirements(cuda_full: str, kind: str) -> list[str]:
 
 def _cuda_wheels(cuda_full: str, kind: str, say: Say) -> list[Path]:
     """Download the wheels of a stand-in from PyPI (on the host)."""
-    from .wheels import platform_tags
+    from ..wheels import platform_tags
 
     requirements = _stand_in_requirements(cuda_full, kind)
     dest = STATE / f"cuda-wheels-{cuda_full}-{kind}"

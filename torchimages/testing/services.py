@@ -1,23 +1,27 @@
-"""The services the tests need, started idempotently: a Docker engine and a registry on loopback."""
+"""The services the tests need, started idempotently: a Docker engine, a registry and the index replicas on loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from .engine import Engine, EngineUnavailable
-from .render import ROOT
+from ..engine import Engine, EngineUnavailable
+from ..render import ROOT
 
 STATE = ROOT / "build" / "testenv"
 REGISTRY = "127.0.0.1:5000"
 MIRROR = f"{REGISTRY}/mirror"
 REGISTRY_DATA = Path("/var/lib/torch-images-registry")
+REPLICA_PORT = 5003
+REPLICA = f"http://127.0.0.1:{REPLICA_PORT}"
 
 Say = Callable[[str], None]
 
@@ -133,3 +137,43 @@ def in_registry(ref: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def replica_digest() -> str | None:
+    """What the replica on REPLICA serves (see replica.table_digest), or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"{REPLICA}/", timeout=5) as response:
+            return str(json.loads(response.read())["replica"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return None
+
+
+def replica_up() -> bool:
+    return replica_digest() is not None
+
+
+def ensure_replica(say: Say) -> None:
+    """The index replicas on REPLICA, serving the current table: a replica of an older table is replaced."""
+    from importlib import resources
+
+    from .replica import table_digest
+
+    wanted = table_digest(resources.files("torchimages").joinpath("data/compat.yaml").read_text("utf-8"))
+    running = replica_digest()
+    if running == wanted:
+        return
+    if running is not None:
+        say(f"testenv: replacing the index replica on {REPLICA} (it serves another table)")
+        subprocess.run(["pkill", "-f", "torchimages.testing.replica"], check=False)
+        time.sleep(1)
+    STATE.mkdir(parents=True, exist_ok=True)
+    say(f"testenv: starting the PyTorch index and PyPI replicas on {REPLICA}")
+    log = open(STATE / "replica.log", "ab")  # noqa: SIM115 - handed to the daemon
+    command = [sys.executable, "-m", "torchimages.testing.replica", "--port", str(REPLICA_PORT), "--cache", str(STATE / "replica-cache")]
+    subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if replica_digest() == wanted:
+            return
+        time.sleep(0.3)
+    raise TestEnvError(f"the index replica did not answer on {REPLICA}; see {STATE / 'replica.log'}")
