@@ -80,7 +80,8 @@ def _select(matrix: matrix_mod.Matrix, cuda: list[str], torch: list[str], python
         "push": "push release tags to the target registry after verification",
         "gpus": "GPUs for verification: auto (when the engine has the nvidia runtime), all, none",
         "rebuild": "build even when a verified image with the same inputs exists",
-        "out_dir": "where report.json, report.md and logs/ go (default: build)",
+        "out_dir": "where report.json, report.md, logs/, locks/ and wheelhouse/ go (default: build)",
+        "wheelhouse": "fetch wheels into and install from this folder instead of OUT_DIR/wheelhouse (share it between runs)",
         "dry_run": "show what would be built, tagged and pushed; touch no engine, registry or network",
     },
     iterable=["cuda", "torch", "python", "flavour"],
@@ -97,6 +98,7 @@ def build(
     gpus: str = "auto",
     rebuild: bool = False,
     out_dir: str = "build",
+    wheelhouse: str = "",
     dry_run: bool = False,
 ) -> None:
     """Render, build, verify, tag (and push) every matching image of the matrix."""
@@ -115,7 +117,10 @@ def build(
             verb = "push" if push else "tag (no --push)"
             print(f"\nwould build and verify {len(specs)} images, then {verb}:", *(f"  {ref}" for s in specs for ref in s.refs), sep="\n")
             return
-        options = BuildOptions(push=push, jobs=jobs, gpus=gpus, rebuild=rebuild, out_dir=Path(out_dir).resolve())
+        options = BuildOptions(
+            push=push, jobs=jobs, gpus=gpus, rebuild=rebuild, out_dir=Path(out_dir).resolve(),
+            shared_wheelhouse=Path(wheelhouse).resolve() if wheelhouse else None,
+        )  # fmt: skip
         results = build_images(matrix, specs, options)
     print(Path(out_dir, "report.md").read_text())
     failed = [r for r in results if r.status == "failed"]

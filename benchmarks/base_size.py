@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from torchimages.compat import load_compat  # noqa: E402
+from torchimages.compat import cuda_base, load_compat  # noqa: E402
 from torchimages.matrix import load_matrix  # noqa: E402
 from torchimages.pipeline import BuildOptions, build_images  # noqa: E402
 from torchimages.report import human_size  # noqa: E402
@@ -27,17 +27,15 @@ def main() -> int:
     matrix = load_matrix(ROOT / "tests" / "fixtures" / "images.yaml")
     ours = next(spec for spec in matrix.images if spec.flavour == "runtime")
     cuda = load_compat().cuda[ours.cuda or ""]
-    cudnn_upstream = ours.base_upstream.replace(f"{cuda.full}-base-", f"{cuda.full}-{cuda.cudnn_tag}-runtime-")
-    mirror = ours.base_image.removesuffix(ours.base_upstream)
+    cudnn_base = cuda_base(cuda, "cudnn-runtime", ours.os, repository=ours.base.repository, mirror=ours.base.mirror)
     theirs = replace(
         ours,
         name=ours.name.replace("-runtime-", "-cudnnbase-runtime-"),
-        base_upstream=cudnn_upstream,
-        base_image=mirror + cudnn_upstream,
+        base=cudnn_base,
         repository=ours.repository + "-bench",
     )
     engine = testenv.setup([ours], say=print)
-    testenv.ensure_stand_ins(engine, [], print, extra=[cudnn_upstream])
+    testenv.ensure_stand_ins(engine, [], print, extra=[cudnn_base])
     results = build_images(matrix, [ours, theirs], BuildOptions(out_dir=ROOT / "build" / "bench"), engine=engine)
     for result in results:
         print(f"{result.spec.base_upstream:45} {human_size(result.size):>10}  verified={result.verified}  {result.error or ''}")

@@ -147,12 +147,15 @@ def pypi_companion(fetch: Fetch, name: str, pythons: dict[str, list[str]] | None
     return pins
 
 
-def pytorch_index_variants(fetch: Fetch) -> dict[str, set[str]]:
-    """torch release -> CUDA variants (cuXYZ) with Linux x86_64 wheels on the PyTorch index."""
+INDEX_FILE_RE = re.compile(r"torch-(\d+\.\d+\.\d+)(?:%2B|\+)(cu\d+|cpu)-cp3\d+-cp3\d+[mt]?-((?:many)?linux[\w.]*?x86_64)\.whl")
+
+
+def pytorch_index_variants(fetch: Fetch) -> dict[str, dict[str, str]]:
+    """torch release -> CUDA variant (cuXYZ, cpu) -> the platform tag of its Linux x86_64 wheels on the PyTorch index."""
     page = fetch(PYTORCH_INDEX.format(name="torch"), {}).decode("utf-8", "replace")
-    variants: dict[str, set[str]] = {}
-    for match in re.finditer(r"torch-(\d+\.\d+\.\d+)(?:%2B|\+)(cu\d+|cpu)-cp3\d+-[^\"<]*linux[^\"<]*x86_64\.whl", page):
-        variants.setdefault(match[1], set()).add(match[2])
+    variants: dict[str, dict[str, str]] = {}
+    for match in INDEX_FILE_RE.finditer(page):
+        variants.setdefault(match[1], {})[match[2]] = match[3].split(".")[-1]
     return variants
 
 
@@ -187,7 +190,9 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
                 "cpu": True,
                 "pypi_default": default,
                 **({"pending": pending} if pending else {}),
-                "source": [source],
+                # Until the PyTorch index is read, its files are taken to be named like PyPI's.
+                "files": {"pypi": seen["platform"], "index": dict.fromkeys([*([default] if default else []), "cpu"], seen["platform"])},
+                "source": [source, "files.index: as PyPI's wheels (the PyTorch index was not read)"],
             }
             new["torch"][version] = row
             notes.append(f"torch {version}: new release (python {', '.join(seen['python'])}, PyPI default {default})")
@@ -232,9 +237,14 @@ def refresh(raw: dict[str, Any], fetch: Fetch, *, today: str | None = None) -> t
             row = new["torch"].get(version)
             if row is None:
                 continue
-            for variant in sorted(published - {"cpu"} - set(row["variants"])):
+            for variant in sorted(set(published) - {"cpu"} - set(row["variants"])):
                 row["variants"][variant] = {"cudnn": "9" if version_key(version) >= (2, 4) else "8"}
                 notes.append(f"torch {version}: the PyTorch index has {variant} wheels")
+            platforms = row.setdefault("files", {}).setdefault("index", {})
+            for variant, platform in sorted(published.items()):
+                if platforms.get(variant) != platform:
+                    notes.append(f"torch {version}: {variant} wheels on the PyTorch index are {platform} (table: {platforms.get(variant)})")
+                    platforms[variant] = platform
     try:
         fetch(DOCKER_HUB_TAGS.format(name="base-ubuntu"), {})
     except (urllib.error.URLError, OSError) as exc:

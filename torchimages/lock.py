@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .model import ImageSpec
+from .model import INSTALLER, ImageSpec
 from .wheels import WheelError, mask_credentials, pip_run, pip_version, platform_tags, sha256_file
 
 
@@ -60,6 +60,11 @@ class Lock:
     def requirements(self) -> str:
         """A hash-pinned requirements file: what the build installs with --require-hashes --no-deps."""
         return "".join(f"{f.name}=={f.version} \\\n    --hash=sha256:{f.sha256}\n" for f in self.files)
+
+    @property
+    def installer(self) -> str:
+        """The lock's own pip, hash-pinned: installed before everything else."""
+        return "".join(f"{f.name}=={f.version} \\\n    --hash=sha256:{f.sha256}\n" for f in self.files if f.name == INSTALLER)
 
     @property
     def packages(self) -> dict[str, str]:
@@ -135,7 +140,7 @@ def family_problems(spec: ImageSpec, lock: Lock) -> list[str]:
             problems.append(f"{build.name} is missing from the resolution")
         elif found.version != build.version:
             problems.append(f"{build.name} resolved to {found.version}, the image needs {build.version} ({build.variant})")
-        elif build.name in spec.wheel_indexes and _folder(found.url) != build.variant:
+        elif not build.on_pypi and build.name in spec.wheel_indexes and _folder(found.url) != build.variant:
             # The index may link its files on another host (a CDN); the variant folder is what must match.
             problems.append(f"{build.name} {found.version} came from {found.url}, not from a {build.variant} folder of the PyTorch index")
     return problems

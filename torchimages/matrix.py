@@ -64,7 +64,12 @@ def load_matrix(
 
 
 def build_matrix(
-    doc: Document, *, base_mirror: str | None = None, use_environment: bool = True, pytorch_index: str | None = None
+    doc: Document,
+    *,
+    base_mirror: str | None = None,
+    use_environment: bool = True,
+    pytorch_index: str | None = None,
+    table: compat_mod.Compat | None = None,
 ) -> Matrix:
     """Validate a parsed document and expand it.
 
@@ -77,6 +82,8 @@ def build_matrix(
         raise ConfigError([doc.problem((), f"expected a mapping with keys {', '.join(TOP_KEYS)}, got {scalar_kind(data)}")])
     unknown_keys(r, (), data, TOP_KEYS)
     settings, port = _settings(r, data, base_mirror=base_mirror, use_environment=use_environment, pytorch_index=pytorch_index)
+    if table is not None:
+        settings = replace(settings, table=table)
     images_raw = data.get("images")
     if not isinstance(images_raw, list) or not images_raw:
         r.add(("images",), "must be a non-empty list of image entries")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 LABEL_PREFIX = "org.torch-images"
+INSTALLER = "pip"  # locked with every image and installed first, so the venv's pip understands the lock
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ class ImageSpec:
 
     @property
     def requirements(self) -> tuple[str, ...]:
-        """Every pip requirement of the image, torch first."""
-        return tuple(b.requirement for b in self.family) + tuple(p.requirement for p in self.packages)
+        """Every pip requirement of the image, torch first, pip itself (the installer the image gets) last."""
+        return tuple(b.requirement for b in self.family) + tuple(p.requirement for p in self.packages) + (INSTALLER,)
 
     @property
     def modules(self) -> tuple[str, ...]:

@@ -37,10 +37,11 @@ class BuildOptions:
     rebuild: bool = False  # ignore an existing verified image with the same build hash
     out_dir: Path = ROOT / "build"  # reports, logs, locks/ and wheelhouse/ (shared across runs: a wheel there is not fetched again)
     indexes: Indexes = Indexes()
+    shared_wheelhouse: Path | None = None  # another run's wheelhouse to fetch into and install from
 
     @property
     def wheelhouse(self) -> Path:
-        return self.out_dir / "wheelhouse"
+        return self.shared_wheelhouse or self.out_dir / "wheelhouse"
 
     @property
     def locks(self) -> Path:
@@ -111,7 +112,7 @@ def _build_one(
     with open(log_path, "w") as log:
         try:
             dockerfile = render_dockerfile(spec, wheel_port=matrix.wheel_port)
-            context = context_tar(context_files(spec, dockerfile=dockerfile, requirements=wheel_set.lock))
+            context = context_tar(context_files(spec, dockerfile=dockerfile, requirements=wheel_set.lock, installer=wheel_set.installer))
             base = engine.image(spec.base_image)
             if base is None:
                 console(spec.name, f"pulling base {spec.base_image}")

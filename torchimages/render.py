@@ -105,11 +105,12 @@ def generated_path(spec: ImageSpec) -> Path:
     return GENERATED / spec.name / "Dockerfile"
 
 
-def context_files(spec: ImageSpec, *, dockerfile: str, requirements: str) -> dict[str, bytes]:
+def context_files(spec: ImageSpec, *, dockerfile: str, requirements: str, installer: str) -> dict[str, bytes]:
     """Every file of the build context, by name."""
     return {
         "Dockerfile": dockerfile.encode(),
         "requirements.txt": requirements.encode(),
+        "pip.txt": installer.encode(),
         "verify.py": VERIFY_SCRIPT.read_bytes(),
         "labels.json": (json.dumps(expected_labels(spec), indent=2, sort_keys=True) + "\n").encode(),
     }

@@ -22,6 +22,8 @@ def result_record(result: BuildResult) -> dict[str, Any]:
         "pushed": [{"ref": p.ref, "digest": p.digest} for p in result.pushed],
         "error": result.error,
         "torch": seen.torch if seen else spec.torch_build,
+        "torchvision": seen.packages.get("torchvision") if seen else spec.torchvision,
+        "torchaudio": seen.packages.get("torchaudio") if seen else spec.torchaudio,
         "cuda": seen.torch_cuda if seen else spec.wheel_cuda,
         "cudnn": seen.cudnn if seen else spec.cudnn,
         "python": seen.python if seen else spec.python,

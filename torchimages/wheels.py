@@ -35,6 +35,7 @@ class WheelSet:
 
     lock: str
     files: tuple[str, ...]
+    installer: str = ""  # the lock's pip line, installed first
 
 
 def platform_tags(glibc: str, arch: str = "x86_64") -> list[str]:
@@ -138,7 +139,7 @@ def fetch_locked(spec: ImageSpec, lock: Lock, indexes: Indexes, wheelhouse: Path
         if hashes.get(f.filename) != f.sha256:
             raise WheelError(f"fetching wheels for {spec.name}: {f.filename} is not in the wheelhouse with sha256 {f.sha256}")
     hashes.save()
-    return WheelSet(lock=lock.requirements, files=tuple(f.filename for f in lock.files))
+    return WheelSet(lock=lock.requirements, files=tuple(f.filename for f in lock.files), installer=lock.installer)
 
 
 class _HashCache:

@@ -15,6 +15,8 @@ from torchimages.pipeline import BuildOptions, build_images
 from torchimages.testing import testenv
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "images.yaml"
+# Shared by every session, as build/wheelhouse is for `invoke build`: the CUDA wheels are gigabytes.
+WHEELHOUSE = Path(__file__).parents[2] / "build" / "wheelhouse"
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +38,8 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def built(engine: Engine, fixture_matrix: Matrix, build_dir: Path) -> list[BuildResult]:
     """The whole test matrix built, verified and pushed once per session."""
-    return build_images(fixture_matrix, list(fixture_matrix.images), BuildOptions(push=True, out_dir=build_dir), engine=engine)
+    options = BuildOptions(push=True, out_dir=build_dir, shared_wheelhouse=WHEELHOUSE)
+    return build_images(fixture_matrix, list(fixture_matrix.images), options, engine=engine)
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def private_registry(tmp_path: Path, free_port: int) -> Iterator[tuple[str, str,
 def _build(config: Path, out: Path, docker_config: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DOCKER_CONFIG": str(docker_config)}
     command = [sys.executable, "-m", "invoke", "build", "--config", str(config), "--push", "--out-dir", str(out)]
+    command += ["--wheelhouse", str(ROOT / "build" / "wheelhouse")]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
 
 

@@ -17,6 +17,7 @@ from torchimages.testing.testenv import in_registry
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
+WHEELHOUSE = ROOT / "build" / "wheelhouse"
 
 
 def _matrix(tmp_path: Path, *, registry: str, repository: str, images: list[dict]) -> Path:
@@ -42,7 +43,7 @@ def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(engine
     ]
     config = _matrix(tmp_path, registry="127.0.0.1:5000", repository="torch-images-test/failures", images=images)
     out = tmp_path / "out"
-    done = _invoke("build", "--config", str(config), "--push", "--out-dir", str(out))
+    done = _invoke("build", "--config", str(config), "--push", "--out-dir", str(out), "--wheelhouse", str(WHEELHOUSE))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert "2 of 3 images failed" in done.stderr

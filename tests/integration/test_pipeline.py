@@ -130,3 +130,29 @@ def test_invoke_verify_prints_a_table_and_json(cpu_image: str) -> None:
     )  # fmt: skip
     document = json.loads(as_json.stdout)
     assert as_json.returncode == 0 and document["ok"] is True and document["torch"].endswith("+cpu")
+
+
+def test_one_torch_release_in_two_variants_each_image_with_its_own(report: dict, built: list[BuildResult]) -> None:
+    """The CPU build (from find-links) and PyPI's CUDA build of the same torch, resolved and built in the same run."""
+    cpu = next(r for r in built if r.spec.cuda is None)
+    cuda = [r for r in built if r.spec.cuda is not None]
+    assert {r.spec.torch for r in cuda} == {cpu.spec.torch}
+    records = {i["name"]: i for i in report["images"]}
+    assert records[cpu.spec.name]["torch"] == f"{cpu.spec.torch}+cpu" and records[cpu.spec.name]["cuda"] is None
+    for result in cuda:
+        variant = result.spec.wheel_variant
+        record = records[result.spec.name]
+        assert (record["torch"], record["cuda"]) == (f"{result.spec.torch}+{variant}", result.spec.wheel_cuda)
+        assert record["torchvision"].endswith(f"+{variant}") and record["torchaudio"].endswith(f"+{variant}"), record
+        if result.verify is not None and result.status == "built":  # the in-image check of both companions ran and passed
+            checks = {c.name: c.status for c in result.verify.checks}
+            assert checks["torchvision.build"] == checks["torchaudio.build"] == "pass", checks
+
+
+def test_the_venv_runs_the_locked_pip(engine: Engine, cpu_image: str, build_dir: Path, built: list[BuildResult]) -> None:
+    """The distribution's own pip may not know the lock's wheel tags (Ubuntu 20.04's pip 20.0): the locked one is installed first."""
+    cpu = next(r for r in built if r.spec.cuda is None)
+    lock = json.loads((build_dir / "locks" / f"{cpu.spec.name}.json").read_text())
+    (locked_pip,) = [f["version"] for f in lock["files"] if f["name"] == "pip"]
+    outcome = engine.run(cpu_image, ["pip", "--version"], timeout=60)
+    assert outcome.exit_code == 0 and outcome.output.split()[:2] == ["pip", locked_pip], outcome.output

@@ -112,6 +112,29 @@ def test_refresh_adds_new_releases_from_pypi_and_reports_each_change(pypi: FakeP
     assert list(new["torch"]) == ["3.0.0", "2.99.0", "2.5.1"]
 
 
+def test_refresh_records_the_platform_tags_the_pytorch_index_uses(pypi: FakePyPI) -> None:
+    listing = (
+        '<a href="/whl/cu118/torch-2.5.1%2Bcu118-cp310-cp310-linux_x86_64.whl#sha256=00">x</a>\n'
+        '<a href="/whl/cu126/torch-2.5.1%2Bcu126-cp313-cp313t-manylinux_2_28_x86_64.whl#sha256=00">x</a>\n'
+        '<a href="/whl/cu118/torch-2.5.1%2Bcu118-cp310-cp310-win_amd64.whl#sha256=00">x</a>\n'
+    )
+
+    def fetch(url: str, headers: dict[str, str]) -> bytes:
+        return listing.encode() if url.startswith("https://download.pytorch.org/") else pypi(url, headers)
+
+    row = {"torchvision": "0.20.1", "torchaudio": "2.5.1", "python": ["3.12"], "variants": {"cu118": {"cudnn": "9"}}, "cpu": True}
+    files = {"pypi": "manylinux_2_28_x86_64", "index": {"cu118": "manylinux_2_28_x86_64", "cpu": "linux_x86_64"}}
+    current = {"torch": {"2.5.1": {**row, "pypi_default": "cu124", "files": files, "source": ["s"]}}}
+    new, notes = compat_refresh.refresh(current, fetch, today="2026-01-01")
+    assert new["torch"]["2.5.1"]["files"]["index"] == {"cu118": "linux_x86_64", "cu126": "manylinux_2_28_x86_64", "cpu": "linux_x86_64"}
+    assert "torch 2.5.1: cu118 wheels on the PyTorch index are linux_x86_64 (table: manylinux_2_28_x86_64)" in notes
+    assert "torch 2.5.1: the PyTorch index has cu126 wheels" in notes
+    assert new["torch"]["2.99.0"]["files"] == {
+        "pypi": "manylinux_2_28_x86_64",
+        "index": {"cu130": "manylinux_2_28_x86_64", "cpu": "manylinux_2_28_x86_64"},
+    }
+
+
 def test_refresh_reports_an_unreachable_pypi_and_changes_nothing() -> None:
     def offline(url: str, headers: dict[str, str]) -> bytes:
         raise urllib.error.URLError("Name or service not known")

@@ -473,3 +473,43 @@ def test_require_gpu_fails_without_gpu(empty_labels: Path) -> None:
     gpu_line = next(line for line in proc.stdout.splitlines() if line.startswith("gpu "))
     assert "FAIL" in gpu_line
     assert "CUDA_VISIBLE_DEVICES" in gpu_line
+
+
+# ---- torchvision and torchaudio against torch's build -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "built_cuda", "torch_cuda", "expected", "status"),
+    [
+        ("torchvision", "0.26.0+cu126", "12.6", "12.6", "0.26.0+cu126", "pass"),
+        ("torchvision", "0.26.0+cu128", "12.8", "12.6", None, "fail"),  # the wheelhouse mix-up: another CUDA
+        ("torchvision", "0.26.0+cpu", None, "12.6", None, "fail"),  # a CPU torchvision beside CUDA torch
+        ("torchvision", "0.26.0+cu126", "12.6", "12.6", "0.26.0+cu128", "fail"),  # not the promised build
+        ("torchvision", "0.26.0", "12.8", "12.6", None, "fail"),  # no local version: torchvision.version.cuda tells
+        ("torchaudio", "2.11.0+cu130", None, "13.2", "2.11.0", "pass"),  # torchaudio 2.11 serves a later CUDA 13 torch
+        ("torchaudio", "2.11.0+cu130", None, "12.6", None, "fail"),
+        ("torchaudio", "2.11.0+cu126", None, None, None, "fail"),  # CUDA torchaudio beside CPU torch
+        ("torchaudio", "0.8.1", None, "11.1", "0.8.1", "pass"),  # one CPU-only build served every variant then
+    ],
+)
+def test_companion_is_built_for_torch_s_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    version: str,
+    built_cuda: str | None,
+    torch_cuda: str | None,
+    expected: str | None,
+    status: str,
+) -> None:
+    module = SimpleNamespace(__version__=version)
+    if name == "torchvision":
+        module.version = SimpleNamespace(cuda=built_cuda)
+    monkeypatch.setitem(sys.modules, name, module)
+    rec = verify.check_companion(fake_torch(cuda=torch_cuda), name, expected)
+    assert (rec["name"], rec["status"]) == (f"{name}.build", status), rec["detail"]
+
+
+def test_a_companion_the_image_does_not_ship_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchaudio", None)  # import fails
+    assert verify.check_companion(fake_torch(cuda="13.0"), "torchaudio", "none")["status"] == "skip"
+    assert verify.check_companion(fake_torch(cuda="13.0"), "torchaudio", "2.11.0")["status"] == "fail"

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..engine import Engine
-from ..model import ImageSpec
+from ..model import BaseImage, ImageSpec
 from ..render import context_tar
 from .services import MIRROR, STATE, Say, TestEnvError, in_registry, run_logged
 
@@ -118,37 +118,34 @@ LABEL org.torch-images.stand-in="Debian 12 + NVIDIA CUDA {cuda_full} wheels from
 """
 
 
-def ensure_stand_ins(engine: Engine, specs: Iterable[ImageSpec], say: Say, *, extra: Iterable[str] = ()) -> list[str]:
-    """Every base the given images need (and extra upstream names), pushed under the mirror path; existing ones are reused."""
-    wanted = sorted({spec.base_upstream for spec in specs} | set(extra))
+def ensure_stand_ins(engine: Engine, specs: Iterable[ImageSpec], say: Say, *, extra: Iterable[BaseImage] = ()) -> list[str]:
+    """Every base the given images need (and extra bases), pushed under the mirror path; existing ones are reused."""
+    wanted = sorted({spec.base for spec in specs} | set(extra), key=lambda b: b.upstream)
     debian_ref = f"{MIRROR}/library/debian:12"
     if not in_registry(debian_ref):
         tar_path = _debian_rootfs_tar(say)
         say(f"testenv: importing {debian_ref}")
         engine.import_rootfs(tar_path, debian_ref, changes=['CMD ["/bin/bash"]'])
         engine.push(debian_ref)
-    for upstream in wanted:
-        ref = f"{MIRROR}/{upstream}"
-        if upstream == "library/debian:12" or _current_stand_in(engine, ref):
+    for base in wanted:
+        ref = f"{MIRROR}/{base.upstream}"
+        if base.upstream == "library/debian:12" or _current_stand_in(engine, ref):
             continue
-        repository, tag = upstream.rsplit(":", 1)
-        cuda_full, *kind_parts, _os = tag.split("-")
-        kind = "-".join(kind_parts)
-        if repository != "nvidia/cuda" or kind not in STAND_IN_KINDS:
-            raise TestEnvError(f"no stand-in recipe for {upstream}")
-        devel = kind == "devel"
+        if base.repository != "nvidia/cuda" or base.kind not in STAND_IN_KINDS or base.cuda_full is None:
+            raise TestEnvError(f"no stand-in recipe for {base.upstream}")
+        cuda_full, kind, devel = base.cuda_full, base.kind, base.kind == "devel"
         say(f"testenv: building stand-in {ref}")
         major, minor = cuda_full.split(".")[:2]
         tree = _cuda_tree(_cuda_wheels(cuda_full, kind, say), f"cuda-{major}.{minor}")
         files = {name: data for name, (data, _mode) in tree.items()}
         modes = {name: mode for name, (_data, mode) in tree.items()}
         files["Dockerfile"] = _stand_in_dockerfile(debian_ref, cuda_full, devel).encode()
-        log_path = STATE / f"stand-in-{tag}.log"
+        log_path = STATE / f"stand-in-{base.tag}.log"
         with open(log_path, "w") as log:
             image_id = engine.build(context_tar(files, modes=modes), log=log)
         engine.tag(image_id, ref)
         engine.push(ref)
-    return [f"{MIRROR}/{u}" for u in wanted]
+    return [f"{MIRROR}/{b.upstream}" for b in wanted]
 
 
 def _current_stand_in(engine: Engine, ref: str) -> bool:
