@@ -139,10 +139,10 @@ def variant_fits(name: str, companion: str, torch_variant: str) -> bool:
     """torchvision is built for exactly torch's variant; torchaudio 2.11 serves later torch of the same CUDA major."""
     if companion == torch_variant:
         return True
-    if name != "torchaudio" or "cpu" in (companion, torch_variant):
+    cuda = [re.fullmatch(r"cu(\d+)(\d)", v) for v in (companion, torch_variant)]
+    if name != "torchaudio" or not (cuda[0] and cuda[1]):  # cpu, rocm6.2, a git hash: only equal builds fit
         return False
-    c_major, c_minor = divmod(int(companion[2:]), 10)
-    t_major, t_minor = divmod(int(torch_variant[2:]), 10)
+    (c_major, c_minor), (t_major, t_minor) = ((int(m[1]), int(m[2])) for m in cuda if m)
     return c_major == t_major and c_minor <= t_minor
 
 
@@ -304,7 +304,7 @@ def check_companion(torch: Any, name: str, expected: str | None) -> Record:
         return record(check, "pass", f"{actual} (no CUDA build recorded to compare with torch's {torch_variant})", actual)
     if not variant_fits(name, companion, torch_variant):
         return record(check, "fail", f"{name} {actual} is built for {companion}, torch for {torch_variant}", actual)
-    if built_cuda is not _UNSET and cuda_variant(built_cuda) != torch_variant:
+    if name == "torchvision" and built_cuda is not _UNSET and cuda_variant(built_cuda) != torch_variant:
         return record(check, "fail", f"{name}.version.cuda is {built_cuda}, torch.version.cuda {torch.version.cuda}", actual)
     return record(check, "pass", f"{actual}, built for {companion} (torch: {torch_variant})", actual)
 

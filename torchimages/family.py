@@ -76,17 +76,6 @@ def _torchaudio(table: Compat, release: TorchRelease, variant: str, on_pypi: boo
     return FamilyBuild(name="torchaudio", version=version, variant=chosen, on_pypi=on_pypi)
 
 
-def image_pythons(table: Compat, release: TorchRelease, builds: tuple[FamilyBuild, ...]) -> tuple[str, ...]:
-    """The CPython versions every shipped family member has wheels for."""
-    names = {b.name for b in builds}
-    pythons = set(release.python)
-    if "torchvision" in names:
-        pythons &= set(release.torchvision_python)
-    if "torchaudio" in names:
-        pythons &= set(torchaudio_home(table, release).torchaudio_python)
-    return tuple(sorted(pythons, key=version_key))
-
-
 def missing_python(table: Compat, release: TorchRelease, builds: tuple[FamilyBuild, ...], python: str) -> str | None:
     """Which family member has no wheel for this python, named for a message; None when all have one."""
     lists = {"torch": release.python, "torchvision": release.torchvision_python}

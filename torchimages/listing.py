@@ -25,6 +25,8 @@ def spec_record(spec: ImageSpec) -> dict[str, Any]:
         "wheel_variant": spec.wheel_variant,
         "wheel_reason": spec.wheel_reason,
         "wheel_index": mask_credentials(spec.wheel_index) if spec.wheel_index else "pip default (PyPI)",
+        "requirements": [b.requirement for b in spec.family],
+        "wheel_indexes": {name: mask_credentials(url) for name, url in spec.wheel_indexes.items()},
         "cudnn": spec.cudnn,
         "min_driver": spec.min_driver,
         "flavour": spec.flavour,

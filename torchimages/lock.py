@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .model import INSTALLER, ImageSpec
-from .wheels import WheelError, mask_credentials, pip_run, pip_version, platform_tags, sha256_file
+from .wheels import WheelError, mask_credentials, pip_configuration, pip_run, pip_version, platform_tags, sha256_file
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,20 @@ class LockedFile:
     def filename(self) -> str:
         return urllib.parse.unquote(self.url.rsplit("/", 1)[-1].split("#", 1)[0])
 
+    @property
+    def requirement(self) -> str:
+        """Exactly this version: === where it has no local part, or 2.11.0 would admit 2.11.0+cu126 too.
+
+        A find-links folder (the wheelhouse) gives pip no hashes to choose by, and pip prefers the
+        higher version, so with both builds there, `torch==2.11.0 --hash=...` picks +cu126 and fails.
+        """
+        return f"{self.name}=={self.version}" if "+" in self.version else f"{self.name}==={self.version}"
+
+    @property
+    def pinned(self) -> str:
+        """The hash-pinned requirements line."""
+        return f"{self.requirement} \\\n    --hash=sha256:{self.sha256}\n"
+
 
 @dataclass(frozen=True)
 class Lock:
@@ -59,12 +73,12 @@ class Lock:
     @property
     def requirements(self) -> str:
         """A hash-pinned requirements file: what the build installs with --require-hashes --no-deps."""
-        return "".join(f"{f.name}=={f.version} \\\n    --hash=sha256:{f.sha256}\n" for f in self.files)
+        return "".join(f.pinned for f in self.files)
 
     @property
     def installer(self) -> str:
         """The lock's own pip, hash-pinned: installed before everything else."""
-        return "".join(f"{f.name}=={f.version} \\\n    --hash=sha256:{f.sha256}\n" for f in self.files if f.name == INSTALLER)
+        return "".join(f.pinned for f in self.files if f.name == INSTALLER)
 
     @property
     def packages(self) -> dict[str, str]:
@@ -95,7 +109,9 @@ def lock_inputs(spec: ImageSpec, indexes: Indexes) -> str:
         "requirements": spec.requirements,
         "target": target_args(spec),
         "indexes": index_args(spec, indexes),
+        "isolated": indexes.isolated,
         "pip": pip_version(),
+        "pip configuration": pip_configuration(indexes.isolated),  # pip.conf and PIP_*: other indexes, find-links
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -127,7 +143,10 @@ def _locked(spec: ImageSpec, item: dict[str, Any]) -> LockedFile:
     if not sha256:
         raise WheelError(f"the index gives no sha256 for {mask_credentials(url)}")
     name = str(item["metadata"]["name"]).lower().replace("_", "-")
-    return LockedFile(name=name, version=str(item["metadata"]["version"]), url=mask_credentials(url), sha256=sha256)
+    found = LockedFile(name=name, version=str(item["metadata"]["version"]), url=mask_credentials(url), sha256=sha256)
+    if Path(found.filename).name != found.filename or not found.filename.endswith(".whl"):
+        raise WheelError(f"not a wheel file name: {found.filename!r} ({mask_credentials(url)})")
+    return found
 
 
 def family_problems(spec: ImageSpec, lock: Lock) -> list[str]:
@@ -205,6 +224,8 @@ def lock_images(
             return resolve(todo[key], indexes, log=logs[key])
         except WheelError as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - one image's surprise must not sink the other resolutions
+            return WheelError(f"unexpected error: {exc!r}")
 
     with ThreadPoolExecutor(max_workers=jobs or min(4, os.cpu_count() or 1)) as pool:
         resolved = dict(zip(todo, pool.map(one, todo), strict=True))

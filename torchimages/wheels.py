@@ -60,7 +60,19 @@ def mask_credentials(text: str) -> str:
 
 
 def pip_version() -> str:
-    return importlib.metadata.version("pip")
+    try:
+        return importlib.metadata.version("pip")
+    except importlib.metadata.PackageNotFoundError:
+        raise WheelError(f"pip is not installed in {sys.executable}; run scripts/bootstrap") from None
+
+
+@functools.cache
+def pip_configuration(isolated: bool) -> str:
+    """What pip's configuration says (files and PIP_* variables), as pip lists it; a lock depends on it."""
+    if isolated:
+        return ""
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60, check=False)
+    return hashlib.sha256(done.stdout.encode()).hexdigest()
 
 
 def pip_environment(isolated: bool) -> dict[str, str] | None:
@@ -105,19 +117,20 @@ def fetch_wheels(
     from .lock import lock_images
 
     wheelhouse.mkdir(parents=True, exist_ok=True)
+    locked = lock_images(specs, indexes, locks, log=log, refresh=False, say=say)
     results: dict[str, WheelSet | WheelError] = {}
-    fetched: dict[str, WheelSet | WheelError] = {}
+    fetched: dict[str, WheelSet | WheelError] = {}  # by the lock's own content: images with the same files fetch once
     for spec in specs:
-        lock = lock_images([spec], indexes, locks, log=log, refresh=False, say=say)[spec.name]
+        lock = locked[spec.name]
         if isinstance(lock, WheelError):
             results[spec.name] = lock
             continue
-        if lock.inputs not in fetched:
+        if lock.requirements not in fetched:
             try:
-                fetched[lock.inputs] = fetch_locked(spec, lock, indexes, wheelhouse, log=log, say=say)
+                fetched[lock.requirements] = fetch_locked(spec, lock, indexes, wheelhouse, log=log, say=say)
             except WheelError as exc:
-                fetched[lock.inputs] = exc
-        results[spec.name] = fetched[lock.inputs]
+                fetched[lock.requirements] = exc
+        results[spec.name] = fetched[lock.requirements]
     return results
 
 
@@ -130,7 +143,7 @@ def fetch_locked(spec: ImageSpec, lock: Lock, indexes: Indexes, wheelhouse: Path
     if missing:
         say(f"wheels: fetching {len(missing)} of {len(lock.files)} files for {spec.name}")
         with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="torch-images-fetch-") as requirements:
-            requirements.write("".join(f"{f.name}=={f.version} --hash=sha256:{f.sha256}\n" for f in missing))
+            requirements.write("".join(f"{f.requirement} --hash=sha256:{f.sha256}\n" for f in missing))
             requirements.flush()
             args = ["download", *index_args(spec, indexes), "--no-deps", "--require-hashes", "--progress-bar", "off"]
             args += ["--dest", str(wheelhouse), *target_args(spec), "-r", requirements.name]
@@ -167,9 +180,9 @@ class _HashCache:
         return digest
 
     def save(self) -> None:
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps(self.known, sort_keys=True))
-        partial.replace(self.path)
+        with tempfile.NamedTemporaryFile("w", dir=self.wheelhouse, prefix=".sha256-", delete=False) as partial:
+            partial.write(json.dumps(self.known, sort_keys=True))
+        Path(partial.name).replace(self.path)
 
 
 def sha256_file(path: Path) -> str:

@@ -55,6 +55,9 @@ def test_matrix_json_lists_wheel_and_base_for_cuda_11_2() -> None:
     assert images and all(i["wheel_variant"] == "cu111" and i["base_image"].startswith("nvidia/cuda:11.2.") for i in images)
     assert all(i["tags"] and i["cudnn"] == "8" and i["python"] == "3.8" for i in images)
     assert {i["min_driver"] for i in images} == {"460.32.03"}  # Table 3 for 11.2.2, the base's patch release
+    one = next(i for i in images if i["torch"] == "1.10.1")
+    assert one["requirements"] == ["torch==1.10.1+cu111", "torchvision==0.11.2+cu111", "torchaudio==0.10.1+cu111"]
+    assert set(one["wheel_indexes"].values()) == {"https://download.pytorch.org/whl/cu111"}
 
 
 def test_dry_run_names_every_ref_and_needs_no_engine() -> None:

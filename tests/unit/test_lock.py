@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 import textwrap
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +16,7 @@ from torchimages.listing import format_locks
 from torchimages.lock import Indexes, Lock, LockedFile, current_lock, family_problems, lock_inputs, read_lock, write_lock
 from torchimages.matrix import build_matrix
 from torchimages.model import Package
+from torchimages.testing.replica import StandIn
 from torchimages.wheels import WheelError
 
 INDEX = "https://download.pytorch.org/whl"
@@ -82,3 +87,28 @@ def test_lock_json_names_each_image_with_its_builds_or_its_error() -> None:
         ]
     }
     assert f"  {bad.name}: no match" in format_locks([ok, bad], results, "table")
+
+
+def test_the_lock_installs_pypi_s_build_from_a_wheelhouse_that_also_holds_another_variant(tmp_path: Path) -> None:
+    """As in the build: a find-links folder gives pip no hashes to choose by, and it prefers 2.13.0+cpu over 2.13.0."""
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    builds = {
+        v: StandIn("torch", v, f"{sys.version_info[0]}.{sys.version_info[1]}", "linux_x86_64", (), None) for v in ("2.13.0", "2.13.0+cpu")
+    }
+    for wheel in builds.values():
+        (wheelhouse / urllib.parse.unquote(wheel.filename)).write_bytes(wheel.content)
+    pypi = LockedFile(name="torch", version="2.13.0", url=f"https://files.example/{builds['2.13.0'].filename}",
+                      sha256=hashlib.sha256(builds["2.13.0"].content).hexdigest())  # fmt: skip
+
+    def install(requirements: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "requirements.txt").write_text(requirements)
+        command = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse), "--require-hashes",
+                   "--no-deps", "--target", str(tmp_path / "target"), "-r", str(tmp_path / "requirements.txt")]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env={"PIP_CONFIG_FILE": "/dev/null"})
+
+    naive = install(f"torch==2.13.0 --hash=sha256:{pypi.sha256}\n")
+    assert naive.returncode != 0 and "DO NOT MATCH THE HASHES" in naive.stderr  # what == did in the build
+    exact = install(Lock(image="i", inputs="x", files=(pypi,)).requirements)
+    assert exact.returncode == 0, exact.stderr
+    assert (tmp_path / "target" / "torch-2.13.0.dist-info").is_dir()

@@ -139,6 +139,7 @@ class FakePyPI:
             StandIn("pip", "25.0.1", "3.8", "manylinux1_x86_64", (), None),
         ]
         self.by_name = {urllib.parse.unquote(w.filename): w for w in wheels}
+        self.bodies_served: list[str] = []  # a lock reads metadata only: this stays empty
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -161,6 +162,8 @@ class FakePyPI:
                 else:
                     name = self.path.rsplit("/", 1)[-1]
                     wheel = fake.by_name.get(name.removesuffix(".metadata"))
+                    if wheel is not None and not name.endswith(".metadata"):
+                        fake.bodies_served.append(name)
                     body = b"" if wheel is None else wheel.metadata if name.endswith(".metadata") else wheel.content
                     self.send_response(404 if wheel is None else 200)
                 self.send_header("Content-Length", str(len(body)))
@@ -171,9 +174,14 @@ class FakePyPI:
 
 
 @pytest.fixture()
-def replica(tmp_path: Path) -> Iterator[str]:
+def fake_pypi() -> FakePyPI:
+    return FakePyPI()
+
+
+@pytest.fixture()
+def replica(tmp_path: Path, fake_pypi: FakePyPI) -> Iterator[str]:
     """The replica on a free loopback port, its PyPI side passing through to a fake PyPI on another."""
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), FakePyPI().handler())
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), fake_pypi.handler())
     base = f"http://127.0.0.1:{upstream.server_address[1]}"
     pypi = PyPIPassThrough(tmp_path / "cache", upstream=base, files=f"{base}/files")
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler(Replica(TABLE, "test", pypi)))
@@ -194,7 +202,7 @@ def cuda_11_2_image(replica: str):
     return matrix.images[0]
 
 
-def test_pip_resolves_the_cuda_11_2_image_to_cu111_linux_wheels_from_metadata_alone(replica: str) -> None:
+def test_pip_resolves_the_cuda_11_2_image_to_cu111_linux_wheels_from_metadata_alone(replica: str, fake_pypi: FakePyPI) -> None:
     spec = cuda_11_2_image(replica)
     lock = resolve(spec, Indexes(index_url=f"{replica}/pypi/simple", isolated=True), log=io.StringIO())
     files = {f.name: f for f in lock.files}
@@ -202,8 +210,9 @@ def test_pip_resolves_the_cuda_11_2_image_to_cu111_linux_wheels_from_metadata_al
     assert files["torch"].url == f"{replica}/whl/cu111/torch-1.8.1%2Bcu111-cp38-cp38-linux_x86_64.whl"
     assert files["torchaudio"].filename == "torchaudio-0.8.1-cp38-cp38-manylinux1_x86_64.whl"  # CPU-only, from PyPI
     assert set(lock.packages) == {"torch", "torchvision", "torchaudio", "numpy", "typing-extensions", "pillow", "pip"}
-    assert lock.installer.startswith("pip==25.0.1 \\\n    --hash=sha256:")  # installed first in the image
+    assert lock.installer.startswith("pip===25.0.1 \\\n    --hash=sha256:")  # installed first in the image
     assert all(len(f.sha256) == 64 for f in lock.files)
+    assert fake_pypi.bodies_served == []  # every wheel was judged by its metadata file alone
 
 
 def test_with_both_builds_in_view_only_the_exact_pin_keeps_pypi_s(replica: str, tmp_path: Path) -> None:

@@ -490,6 +490,8 @@ def test_require_gpu_fails_without_gpu(empty_labels: Path) -> None:
         ("torchaudio", "2.11.0+cu130", None, "12.6", None, "fail"),
         ("torchaudio", "2.11.0+cu126", None, None, None, "fail"),  # CUDA torchaudio beside CPU torch
         ("torchaudio", "0.8.1", None, "11.1", "0.8.1", "pass"),  # one CPU-only build served every variant then
+        ("torchaudio", "2.11.0+cu130", "13.0", "13.2", None, "pass"),  # a torchaudio that reports its CUDA: same rule
+        ("torchaudio", "2.5.1+rocm6.2", None, "12.4", None, "fail"),  # not a CUDA build at all
     ],
 )
 def test_companion_is_built_for_torch_s_cuda(
@@ -502,7 +504,7 @@ def test_companion_is_built_for_torch_s_cuda(
     status: str,
 ) -> None:
     module = SimpleNamespace(__version__=version)
-    if name == "torchvision":
+    if name == "torchvision" or built_cuda is not None:
         module.version = SimpleNamespace(cuda=built_cuda)
     monkeypatch.setitem(sys.modules, name, module)
     rec = verify.check_companion(fake_torch(cuda=torch_cuda), name, expected)

@@ -26,13 +26,12 @@ import io
 import json
 import re
 import shutil
-import threading
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -160,7 +159,6 @@ class PyPIPassThrough:
         self.cache = cache
         self.upstream = upstream.rstrip("/")
         self.files = files.rstrip("/")
-        self._lock = threading.Lock()
 
     def _get(self, url: str, headers: dict[str, str] | None = None) -> bytes:
         request = urllib.request.Request(url, headers={"User-Agent": "torch-images-replica", **(headers or {})})
@@ -185,10 +183,7 @@ class PyPIPassThrough:
         else:
             raw = self._get(f"{self.upstream}/simple/{name}/", {"Accept": "application/vnd.pypi.simple.v1+json"})
             data = json.loads(raw)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(".partial")
-            partial.write_bytes(raw)
-            partial.replace(cached)
+            _store(cached, raw)
         links = []
         for item in data.get("files", []):
             path = item["url"].split("://", 1)[1].split("/", 1)[1]
@@ -216,10 +211,7 @@ class PyPIPassThrough:
             if exc.code != 404:
                 raise
             data = self._metadata_by_range(url)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial")
-        partial.write_bytes(data)
-        partial.replace(cached)
+        _store(cached, data)
         return data
 
     def _metadata_by_range(self, url: str) -> bytes:
@@ -233,11 +225,18 @@ class PyPIPassThrough:
             raise urllib.error.HTTPError(url, 404, "no METADATA in the wheel", None, None)  # type: ignore[arg-type]
         return text.encode()
 
-    def stream(self, path: str) -> Iterator[bytes]:
+    def open(self, path: str) -> Any:
+        """A file's upstream response, opened before anything is answered (an upstream 404 stays a 404)."""
         request = urllib.request.Request(f"{self.files}/{path}", headers={"User-Agent": "torch-images-replica"})
-        with urllib.request.urlopen(request, timeout=600) as response:
-            while block := response.read(1 << 20):
-                yield block
+        return urllib.request.urlopen(request, timeout=600)
+
+
+def _store(path: Path, data: bytes) -> None:
+    """Write a cache file whole or not at all, also when several requests fill the same entry at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", delete=False) as partial:
+        partial.write(data)
+    Path(partial.name).replace(path)
 
 
 # ---- the server -----------------------------------------------------------------------------------
@@ -270,6 +269,8 @@ def handler(replica: Replica) -> type[BaseHTTPRequestHandler]:
                 self._send(exc.code, f"upstream: {exc.reason}\n".encode(), "text/plain")
             except (urllib.error.URLError, OSError) as exc:
                 self._send(502, f"upstream unreachable: {exc}\n".encode(), "text/plain")
+            except Exception as exc:  # noqa: BLE001 - an answer pip can report, not a dropped connection
+                self._send(500, f"replica error: {exc!r}\n".encode(), "text/plain")
 
         def _route(self, path: str) -> None:
             parts = [p for p in path.split("/") if p]
@@ -296,11 +297,14 @@ def handler(replica: Replica) -> type[BaseHTTPRequestHandler]:
                 if rest.endswith(".metadata"):
                     self._send(200, replica.pypi.metadata(rest.removesuffix(".metadata")), "application/octet-stream")
                 else:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/octet-stream")
-                    self.end_headers()
-                    for block in replica.pypi.stream(rest):
-                        self.wfile.write(block)
+                    with replica.pypi.open(rest) as upstream:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/octet-stream")
+                        if upstream.headers.get("Content-Length"):
+                            self.send_header("Content-Length", upstream.headers["Content-Length"])
+                        self.end_headers()
+                        while block := upstream.read(1 << 20):
+                            self.wfile.write(block)
             else:
                 self._send(404, b"not found\n", "text/plain")
 

@@ -139,6 +139,17 @@ def in_registry(ref: str) -> bool:
         return False
 
 
+def _stop(pid_file: Path) -> None:
+    """Stop the process a pid file names (the replica this test environment started), and wait for its port."""
+    try:
+        os.kill(int(pid_file.read_text().strip()), 15)
+    except (OSError, ValueError):
+        raise TestEnvError(f"something else answers on {REPLICA}; stop it, then run `invoke testenv` again") from None
+    deadline = time.monotonic() + 10
+    while replica_up() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def replica_digest() -> str | None:
     """What the replica on REPLICA serves (see replica.table_digest), or None when nothing answers."""
     try:
@@ -162,15 +173,16 @@ def ensure_replica(say: Say) -> None:
     running = replica_digest()
     if running == wanted:
         return
+    pid_file = STATE / "replica.pid"
     if running is not None:
         say(f"testenv: replacing the index replica on {REPLICA} (it serves another table)")
-        subprocess.run(["pkill", "-f", "torchimages.testing.replica"], check=False)
-        time.sleep(1)
+        _stop(pid_file)
     STATE.mkdir(parents=True, exist_ok=True)
     say(f"testenv: starting the PyTorch index and PyPI replicas on {REPLICA}")
     log = open(STATE / "replica.log", "ab")  # noqa: SIM115 - handed to the daemon
     command = [sys.executable, "-m", "torchimages.testing.replica", "--port", str(REPLICA_PORT), "--cache", str(STATE / "replica-cache")]
-    subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if replica_digest() == wanted:
