@@ -130,9 +130,17 @@ def local_variant(version: str) -> str | None:
     return version.split("+", 1)[1] if "+" in version else None
 
 
-def cuda_variant(cuda: str | None) -> str:
-    """torch.version.cuda -> the variant name: '12.6' -> 'cu126', None -> 'cpu'."""
-    return "cpu" if cuda is None else "cu" + "".join(cuda.split(".")[:2])
+def cuda_variant(cuda: str | int | None) -> str:
+    """A CUDA version -> the variant name: '12.6' -> 'cu126', None -> 'cpu'.
+
+    torch.version.cuda is a string; torchvision.version.cuda is the integer its extension reports,
+    major * 1000 + minor * 10 (13000 for CUDA 13.0, 12060 for 12.6).
+    """
+    if cuda is None:
+        return "cpu"
+    if isinstance(cuda, int):
+        return f"cu{cuda // 1000}{cuda % 1000 // 10}"
+    return "cu" + "".join(str(cuda).split(".")[:2])
 
 
 def variant_fits(name: str, companion: str, torch_variant: str) -> bool:

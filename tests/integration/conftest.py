@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,15 @@ def cpu_image(built: list[BuildResult]) -> str:
     result = next(r for r in built if r.spec.cuda is None)
     assert result.status != "failed", result.error
     return result.pushed[0].ref
+
+
+@pytest.fixture()
+def untag_after(engine: Engine) -> Iterator[Callable[[Path], None]]:
+    """Register a matrix file whose release tags a test creates: they are removed afterwards, also when it fails."""
+    refs: list[str] = []
+    yield lambda config: refs.extend(ref for spec in load_matrix(config).images for ref in spec.refs)
+    for ref in refs:
+        engine.remove_image(ref)
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,7 +71,7 @@ def _build(config: Path, out: Path, docker_config: Path) -> subprocess.Completed
 
 
 def test_push_needs_the_password_and_never_shows_it(
-    engine: Engine, built: list[BuildResult], private_registry: tuple[str, str, str], tmp_path: Path
+    engine: Engine, built: list[BuildResult], private_registry: tuple[str, str, str], tmp_path: Path, untag_after: Callable[[Path], None]
 ) -> None:
     address, user, password = private_registry
     data = yaml.safe_load(FIXTURE.read_text())
@@ -79,6 +79,7 @@ def test_push_needs_the_password_and_never_shows_it(
     data["images"] = [data["images"][0]]  # the CPU image: reused from the session build
     config = tmp_path / "private.yaml"
     config.write_text(yaml.safe_dump(data))
+    untag_after(config)
 
     anonymous = tmp_path / "anonymous"
     anonymous.mkdir()

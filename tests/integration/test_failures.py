@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,9 @@ def _invoke(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False)
 
 
-def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(engine: Engine, built: list[BuildResult], tmp_path: Path) -> None:
+def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(
+    engine: Engine, built: list[BuildResult], tmp_path: Path, untag_after: Callable[[Path], None]
+) -> None:
     fixture = yaml.safe_load(FIXTURE.read_text())["images"]
     cpu, cuda = fixture[0], fixture[1]
     images = [
@@ -42,6 +45,7 @@ def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(engine
         {**cuda, "flavours": ["runtime"]},  # builds (reusing the verified image of the session build)
     ]
     config = _matrix(tmp_path, registry="127.0.0.1:5000", repository="torch-images-test/failures", images=images)
+    untag_after(config)
     out = tmp_path / "out"
     done = _invoke("build", "--config", str(config), "--push", "--out-dir", str(out), "--wheelhouse", str(WHEELHOUSE))
     assert done.returncode == 1, done.stdout + done.stderr
@@ -62,9 +66,12 @@ def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(engine
             assert not in_registry(ref), f"{ref} was pushed"
 
 
-def test_push_to_a_stopped_registry_exits_non_zero_with_a_clear_message(built: list[BuildResult], tmp_path: Path) -> None:
+def test_push_to_a_stopped_registry_exits_non_zero_with_a_clear_message(
+    built: list[BuildResult], tmp_path: Path, untag_after: Callable[[Path], None]
+) -> None:
     fixture = yaml.safe_load(FIXTURE.read_text())["images"]
     config = _matrix(tmp_path, registry="127.0.0.1:5999", repository="torch-images-test/nowhere", images=[fixture[0]])
+    untag_after(config)
     done = _invoke("build", "--config", str(config), "--push", "--out-dir", str(tmp_path / "out"))
     output = done.stdout + done.stderr
     assert done.returncode == 1, output

@@ -138,6 +138,7 @@ def test_one_torch_release_in_two_variants_each_image_with_its_own(report: dict,
     cuda = [r for r in built if r.spec.cuda is not None]
     assert {r.spec.torch for r in cuda} == {cpu.spec.torch}
     records = {i["name"]: i for i in report["images"]}
+    assert all(r.verified for r in built), [(r.spec.name, r.error) for r in built if not r.verified]
     assert records[cpu.spec.name]["torch"] == f"{cpu.spec.torch}+cpu" and records[cpu.spec.name]["cuda"] is None
     for result in cuda:
         variant = result.spec.wheel_variant

@@ -482,6 +482,8 @@ def test_require_gpu_fails_without_gpu(empty_labels: Path) -> None:
     ("name", "version", "built_cuda", "torch_cuda", "expected", "status"),
     [
         ("torchvision", "0.26.0+cu126", "12.6", "12.6", "0.26.0+cu126", "pass"),
+        ("torchvision", "0.28.0+cu130", 13000, "13.0", None, "pass"),  # as torchvision reports it: an integer
+        ("torchvision", "0.26.0", 12080, "12.6", None, "fail"),
         ("torchvision", "0.26.0+cu128", "12.8", "12.6", None, "fail"),  # the wheelhouse mix-up: another CUDA
         ("torchvision", "0.26.0+cpu", None, "12.6", None, "fail"),  # a CPU torchvision beside CUDA torch
         ("torchvision", "0.26.0+cu126", "12.6", "12.6", "0.26.0+cu128", "fail"),  # not the promised build
@@ -498,7 +500,7 @@ def test_companion_is_built_for_torch_s_cuda(
     monkeypatch: pytest.MonkeyPatch,
     name: str,
     version: str,
-    built_cuda: str | None,
+    built_cuda: str | int | None,
     torch_cuda: str | None,
     expected: str | None,
     status: str,
