@@ -38,8 +38,8 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def built(engine: Engine, fixture_matrix: Matrix, build_dir: Path) -> list[BuildResult]:
-    """The whole test matrix built, verified and pushed once per session."""
-    options = BuildOptions(push=True, out_dir=build_dir, shared_wheelhouse=WHEELHOUSE)
+    """The whole test matrix built, verified and pushed once per session, two images at a time (as `--jobs 2`)."""
+    options = BuildOptions(push=True, jobs=2, out_dir=build_dir, shared_wheelhouse=WHEELHOUSE)
     return build_images(fixture_matrix, list(fixture_matrix.images), options, engine=engine)
 
 
