@@ -56,8 +56,7 @@ def format_matrix(specs: Sequence[ImageSpec], fmt: str, *, config: str) -> str:
         return json.dumps({"include": include}, separators=(",", ":"))
     header = ("image", "torch", "python", "base CUDA", "wheel", "cuDNN", "base image")
     rows = [(s.name, s.torch_build, s.python, s.cuda or "cpu", s.wheel_variant, s.cudnn or "-", s.base_image) for s in specs]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines = _table(header, rows)
     reasons = [f"  {s.name}: {s.wheel_reason}" for s in specs if s.cuda and s.wheel_variant != f"cu{s.cuda.replace('.', '')}"]
     if reasons:
         lines += ["", "wheels that differ from the base CUDA:", *reasons]
@@ -86,9 +85,14 @@ def format_locks(specs: Sequence[ImageSpec], results: dict[str, Lock | WheelErro
         for r in records
         if r["resolved"]
     ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines = _table(header, rows)
     failures = [f"  {r['name']}: {r['error']}" for r in records if not r["resolved"]]
     if failures:
         lines += ["", "did not resolve:", *failures]
     return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Left-aligned columns two spaces apart, the header first."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]

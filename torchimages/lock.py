@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .model import INSTALLER, ImageSpec
+from .model import INSTALLER, ImageSpec, exact_requirement
 from .wheels import WheelError, mask_credentials, pip_configuration, pip_run, pip_version, platform_tags, sha256_file
 
 
@@ -49,12 +49,12 @@ class LockedFile:
 
     @property
     def requirement(self) -> str:
-        """Exactly this version: === where it has no local part, or 2.11.0 would admit 2.11.0+cu126 too.
+        """Exactly this version.
 
         A find-links folder (the wheelhouse) gives pip no hashes to choose by, and pip prefers the
         higher version, so with both builds there, `torch==2.11.0 --hash=...` picks +cu126 and fails.
         """
-        return f"{self.name}=={self.version}" if "+" in self.version else f"{self.name}==={self.version}"
+        return exact_requirement(self.name, self.version)
 
     @property
     def pinned(self) -> str:
@@ -193,15 +193,10 @@ def read_lock(locks: Path, spec: ImageSpec) -> Lock | None:
         return None
 
 
-def current_lock(locks: Path, spec: ImageSpec, indexes: Indexes) -> Lock | None:
-    """The stored lock, if it was resolved from exactly today's inputs."""
+def current_lock(locks: Path, spec: ImageSpec, inputs: str) -> Lock | None:
+    """The stored lock, if it was resolved from exactly these inputs (see lock_inputs)."""
     lock = read_lock(locks, spec)
-    return lock if lock is not None and lock.inputs == lock_inputs(spec, indexes) else None
-
-
-def group_key(spec: ImageSpec, indexes: Indexes) -> str:
-    """Images with the same key resolve to the same wheels."""
-    return lock_inputs(spec, indexes)
+    return lock if lock is not None and lock.inputs == inputs else None
 
 
 def lock_images(
@@ -209,13 +204,14 @@ def lock_images(
 ) -> dict[str, Lock | WheelError]:
     """A lock for every image (resolving each distinct set of inputs once, `jobs` at a time); errors per image."""
     results: dict[str, Lock | WheelError] = {}
+    inputs = {spec.name: lock_inputs(spec, indexes) for spec in specs}  # images with the same inputs resolve alike
     todo: dict[str, ImageSpec] = {}
     for spec in specs:
-        existing = None if refresh else current_lock(locks, spec, indexes)
+        existing = None if refresh else current_lock(locks, spec, inputs[spec.name])
         if existing is not None:
             results[spec.name] = existing
         else:
-            todo.setdefault(group_key(spec, indexes), spec)
+            todo.setdefault(inputs[spec.name], spec)
     logs: dict[str, io.StringIO] = {key: io.StringIO() for key in todo}
 
     def one(key: str) -> Lock | WheelError:
@@ -234,7 +230,7 @@ def lock_images(
     for spec in specs:
         if spec.name in results:
             continue
-        outcome = resolved[group_key(spec, indexes)]
+        outcome = resolved[inputs[spec.name]]
         if isinstance(outcome, Lock):
             outcome = Lock(image=spec.name, inputs=outcome.inputs, files=outcome.files)
             write_lock(locks, spec, outcome)

@@ -16,6 +16,11 @@ class Package:
     module: str | None
 
 
+def exact_requirement(name: str, version: str) -> str:
+    """A requirement for exactly this version: == with a local part, else === (==2.11.0 admits 2.11.0+cu126 too)."""
+    return f"{name}=={version}" if "+" in version else f"{name}==={version}"
+
+
 @dataclass(frozen=True)
 class FamilyBuild:
     """One exact build of torch, torchvision or torchaudio."""
@@ -28,7 +33,7 @@ class FamilyBuild:
     @property
     def requirement(self) -> str:
         """The pip requirement that admits this build and no other variant."""
-        return f"{self.name}=={self.version}" if "+" in self.version else f"{self.name}==={self.version}"
+        return exact_requirement(self.name, self.version)
 
 
 @dataclass(frozen=True, kw_only=True)

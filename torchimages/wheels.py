@@ -143,7 +143,7 @@ def fetch_locked(spec: ImageSpec, lock: Lock, indexes: Indexes, wheelhouse: Path
     if missing:
         say(f"wheels: fetching {len(missing)} of {len(lock.files)} files for {spec.name}")
         with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="torch-images-fetch-") as requirements:
-            requirements.write("".join(f"{f.requirement} --hash=sha256:{f.sha256}\n" for f in missing))
+            requirements.write("".join(f.pinned for f in missing))
             requirements.flush()
             args = ["download", *index_args(spec, indexes), "--no-deps", "--require-hashes", "--progress-bar", "off"]
             args += ["--dest", str(wheelhouse), *target_args(spec), "-r", requirements.name]

@@ -59,10 +59,10 @@ def test_a_lock_round_trips_and_is_reused_only_while_its_inputs_hold(tmp_path: P
     lock = Lock(image=image.name, inputs=lock_inputs(image, indexes), files=(locked("torch", "2.11.0", "packages"),))
     write_lock(tmp_path, image, lock)
     assert read_lock(tmp_path, image) == lock
-    assert current_lock(tmp_path, image, indexes) == lock
-    assert current_lock(tmp_path, image, Indexes(index_url="http://127.0.0.1:1/simple")) is None  # another index
-    assert current_lock(tmp_path, replace(image, python="3.10"), indexes) is None  # another python
-    assert current_lock(tmp_path, replace(image, packages=(*image.packages, Package("tqdm", "tqdm"))), indexes) is None
+    assert current_lock(tmp_path, image, lock_inputs(image, indexes)) == lock
+    assert current_lock(tmp_path, image, lock_inputs(image, Indexes(index_url="http://127.0.0.1:1/simple"))) is None  # another index
+    assert current_lock(tmp_path, image, lock_inputs(replace(image, python="3.10"), indexes)) is None  # another python
+    assert current_lock(tmp_path, image, lock_inputs(replace(image, packages=(*image.packages, Package("tqdm", "tqdm"))), indexes)) is None
     (tmp_path / f"{image.name}.json").write_text("{not json")
     assert read_lock(tmp_path, image) is None
 
