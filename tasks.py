@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +31,38 @@ FILTER_HELP = {
     "python": "only this python, e.g. 3.11 (repeatable)",
     "flavour": "only this flavour: runtime, devel or cpu (repeatable)",
 }
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (`invoke matrix | head`)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLERR)
+        return bool(poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _closed_pipe_hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """A reader that stops early (`| head`) ends the task quietly, as it ends any Unix tool (status 141, SIGPIPE's)."""
+    if issubclass(kind, BrokenPipeError) and _stdout_closed():
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        os._exit(141)
+    sys.__excepthook__(kind, value, tb)
+
+
+sys.excepthook = _closed_pipe_hook
+
+
+def _count(flag: str, value: str, *, minimum: int = 1) -> int:
+    """An integer flag, read here so that `--jobs two` is one clear line and not invoke's traceback."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise Exit(f"{flag} must be a whole number, not {value!r}", code=2) from None
+    if number < minimum:
+        raise Exit(f"{flag} must be at least {minimum}, not {number}", code=2)
+    return number
 
 
 @contextmanager
@@ -93,7 +127,7 @@ def build(
     torch: list[str] | None = None,
     python: list[str] | None = None,
     flavour: list[str] | None = None,
-    jobs: int = 1,
+    jobs: str = "1",
     push: bool = False,
     gpus: str = "auto",
     rebuild: bool = False,
@@ -105,8 +139,7 @@ def build(
     from torchimages.pipeline import BuildOptions, build_images
 
     _check_gpus(gpus)
-    if jobs < 1:
-        raise Exit(f"--jobs must be at least 1, not {jobs}", code=2)
+    workers = _count("--jobs", jobs)
     with _clean_errors():
         matrix = _load(config)
         specs = _select(matrix, cuda or [], torch or [], python or [], flavour or [])
@@ -118,7 +151,7 @@ def build(
             print(f"\nwould build and verify {len(specs)} images, then {verb}:", *(f"  {ref}" for s in specs for ref in s.refs), sep="\n")
             return
         options = BuildOptions(
-            push=push, jobs=jobs, gpus=gpus, rebuild=rebuild, out_dir=Path(out_dir).resolve(),
+            push=push, jobs=workers, gpus=gpus, rebuild=rebuild, out_dir=Path(out_dir).resolve(),
             shared_wheelhouse=Path(wheelhouse).resolve() if wheelhouse else None,
         )  # fmt: skip
         results = build_images(matrix, specs, options)
@@ -212,6 +245,99 @@ def verify(c: Context, image: str, gpus: str = "auto", json: bool = False) -> No
             print(f"{check.name:<{width}}  {check.status.upper():<4}  {check.detail}")
         print(f"\n{image}: {'verified' if report.ok else 'FAILED'}")
     if not report.ok:
+        raise Exit(code=1)
+
+
+def _after_double_dash() -> list[str]:
+    """The command after `--`, word for word (invoke's own remainder is one space-joined string)."""
+    return sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+
+
+@task(
+    name="run",
+    help={
+        **FILTER_HELP,
+        "image": "run this image reference instead of one chosen from the matrix",
+        "gpus": "auto (all GPUs when the engine has the nvidia runtime), all, none",
+        "jupyter": "start JupyterLab and print its URL",
+        "tensorboard": "start TensorBoard on this folder (inside the current directory) and print its URL",
+        "jupyter_port": f"host port for JupyterLab, on 127.0.0.1 (default {8888})",
+        "tensorboard_port": f"host port for TensorBoard, on 127.0.0.1 (default {6006})",
+        "dry_run": "print the docker command instead of running it",
+    },
+    iterable=["cuda", "torch", "python", "flavour"],
+)
+def run_image(
+    c: Context,
+    config: str = "images.yaml",
+    cuda: list[str] | None = None,
+    torch: list[str] | None = None,
+    python: list[str] | None = None,
+    flavour: list[str] | None = None,
+    image: str = "",
+    gpus: str = "auto",
+    jupyter: bool = False,
+    tensorboard: str = "",
+    jupyter_port: str = "8888",
+    tensorboard_port: str = "6006",
+    dry_run: bool = False,
+) -> None:
+    """Run an image of the matrix as the README recommends; anything after -- is the command (`invoke run -- python train.py`)."""
+    import secrets
+    import shutil
+
+    from torchimages import launch
+
+    _check_gpus(gpus)
+    ports = _count("--jupyter-port", jupyter_port), _count("--tensorboard-port", tensorboard_port)
+    try:
+        launch.check_modes(jupyter=jupyter, tensorboard=tensorboard, command=_after_double_dash())
+    except ValueError as exc:
+        raise Exit(str(exc), code=2) from None
+    with _clean_errors():
+        use_gpus = gpus == "all"
+        if gpus == "auto" and not dry_run:
+            from torchimages.engine import Engine
+
+            use_gpus = Engine().has_nvidia_runtime()
+            if not use_gpus:
+                print("no NVIDIA runtime on this engine: running without GPUs (CPU only; `invoke doctor` says more)", file=sys.stderr)
+        if not image:
+            specs = _select(_load(config), cuda or [], torch or [], python or [], flavour or [])
+            chosen = launch.newest(specs, gpus=use_gpus)
+            image = chosen.refs[0]
+            if len(specs) > 1:
+                print(f"{len(specs)} images match; running {chosen.name} (narrow with --torch, --cuda, ...)", file=sys.stderr)
+        uid, gid = launch.caller_ids()
+        try:
+            plan = launch.plan_run(
+                image=image, command=_after_double_dash(), gpus=use_gpus, cwd=Path.cwd(), uid=uid, gid=gid,
+                tty=sys.stdin.isatty() and sys.stdout.isatty(), jupyter=jupyter, tensorboard=tensorboard,
+                jupyter_port=ports[0], tensorboard_port=ports[1], token=secrets.token_hex(24) if jupyter else "",
+            )  # fmt: skip
+        except ValueError as exc:
+            raise Exit(str(exc), code=2) from None
+    if dry_run:
+        print(plan.shell())
+        return
+    if shutil.which("docker") is None:
+        raise Exit(f"the docker CLI is not on PATH; install it, or run it yourself:\n  {plan.shell()}", code=1)
+    for note in plan.notes:
+        print(note, file=sys.stderr)
+    code = subprocess.call(plan.argv, env={**os.environ, **plan.env})
+    if code != 0:
+        raise Exit(code=code)
+
+
+@task(name="doctor", help={"config": "matrix whose images to check this host against (default: images.yaml)"})
+def doctor_host(c: Context, config: str = "images.yaml") -> None:
+    """Can this host run the images? Engine, NVIDIA runtime, driver against each image's minimum, /dev/shm."""
+    from torchimages import doctor
+
+    with _clean_errors():
+        diagnosis = doctor.diagnose(config)
+    print(doctor.format_diagnosis(diagnosis))
+    if not diagnosis.ok:
         raise Exit(code=1)
 
 
@@ -330,4 +456,4 @@ def show(c: Context, torch: str = "", cuda: str = "") -> None:
 
 
 compat = Collection("compat", refresh, show)
-ns = Collection(build, lock, verify, matrix, render, testenv, test, compat)
+ns = Collection(build, lock, verify, run_image, doctor_host, matrix, render, testenv, test, compat)

@@ -275,7 +275,7 @@ def package_version(module: Any, name: str) -> str | None:
         return str(module.__version__)
     candidates = [DIST_NAMES.get(name, name)]
     if hasattr(importlib.metadata, "packages_distributions"):  # Python 3.10+
-        candidates += importlib.metadata.packages_distributions().get(name, [])
+        candidates += importlib.metadata.packages_distributions().get(name, [])  # novm: guarded above
     for dist in candidates:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             return importlib.metadata.version(dist)

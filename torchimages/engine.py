@@ -69,6 +69,7 @@ class ImageInfo:
     id: str
     size: int
     labels: dict[str, str]
+    repo_digests: tuple[str, ...] = ()  # "repository@sha256:..." for each registry it was pulled from or pushed to
 
 
 def _transient(text: str) -> bool:
@@ -131,7 +132,12 @@ class Engine:
                 raw = self._api.inspect_image(ref)
             except docker.errors.ImageNotFound:
                 return None
-        return ImageInfo(id=raw["Id"], size=int(raw.get("Size") or 0), labels=dict((raw.get("Config") or {}).get("Labels") or {}))
+        return ImageInfo(
+            id=raw["Id"],
+            size=int(raw.get("Size") or 0),
+            labels=dict((raw.get("Config") or {}).get("Labels") or {}),
+            repo_digests=tuple(raw.get("RepoDigests") or ()),
+        )
 
     def history(self, ref: str) -> list[str]:
         """The command that created each layer of an image."""
@@ -280,12 +286,22 @@ class Engine:
         with _engine_errors(f"cannot remove {ref}"), suppress(docker.errors.ImageNotFound):
             self._api.remove_image(ref, force=force)
 
-    def push(self, ref: str, *, log: TextIO | None = None) -> str:
-        """Push one reference; return the digest the push stream reported."""
+    def push(self, ref: str, *, log: TextIO | None = None, on_progress: Callable[[int, int], None] | None = None) -> str:
+        """Push one reference; return the digest the push stream reported. on_progress gets (bytes sent, bytes in all)."""
         repository, tag = split_ref(ref)
         digest: str | None = None
+        layers: dict[str, tuple[int, int]] = {}  # layer id -> (sent, size) as the stream reports them
         try:
             for chunk in self._api.push(repository, tag=tag, stream=True, decode=True):
+                if on_progress is not None and chunk.get("id"):
+                    detail = chunk.get("progressDetail") or {}
+                    sent, size = layers.get(chunk["id"], (0, 0))
+                    if detail.get("total"):
+                        sent, size = int(detail.get("current") or 0), int(detail["total"])
+                    elif chunk.get("status") in ("Pushed", "Layer already exists"):
+                        sent = size
+                    layers[chunk["id"]] = (sent, size)
+                    on_progress(sum(s for s, _ in layers.values()), sum(z for _, z in layers.values()))
                 if log is not None and "status" in chunk and "progress" not in chunk:
                     log.write(f"{chunk.get('id', '')} {chunk['status']}".strip() + "\n")
                     log.flush()

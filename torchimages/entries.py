@@ -14,8 +14,11 @@ from .schema import boolean, choices, packages, unknown_keys, versions, words
 from .tags import full_tag
 
 ENTRY_KEYS = ("torch", "cuda", "python", "os", "flavours", "packages", "apt_packages", "omit", "deprecated")
+REQUIRED_ENTRY_KEYS = ("torch", "cuda", "python")
 OMITTABLE = ("torchvision", "torchaudio")
-CUDA_FLAVOURS = ("runtime", "devel")
+CPU = "cpu"  # the `cuda` value of a CPU image
+CUDA_FLAVOURS = ("runtime", "devel")  # the first is the default
+CPU_FLAVOURS = ("cpu",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,10 +62,10 @@ def expand_entry(r: Reader, path: Path_, entry: dict[str, Any], settings: Settin
     """Every image an entry defines; problems go to the reader, positioned at the value that causes them."""
     table = settings.table
     unknown_keys(r, path, entry, ENTRY_KEYS)
-    for key in ("torch", "cuda", "python"):
+    for key in REQUIRED_ENTRY_KEYS:
         if key not in entry:
             r.add(path, f"missing required field '{key}'")
-    if any(key not in entry for key in ("torch", "cuda", "python")):
+    if any(key not in entry for key in REQUIRED_ENTRY_KEYS):
         return []
     torches = versions(r, (*path, "torch"), entry["torch"])
     cudas = versions(r, (*path, "cuda"), entry["cuda"])
@@ -70,12 +73,12 @@ def expand_entry(r: Reader, path: Path_, entry: dict[str, Any], settings: Settin
     oses = versions(r, (*path, "os"), entry["os"]) if "os" in entry else None
     if "deprecated" in entry:
         boolean(r, (*path, "deprecated"), entry["deprecated"])
-    kinds = {cuda == "cpu" for cuda, _ in cudas}
+    kinds = {cuda == CPU for cuda, _ in cudas}
     if len(kinds) > 1:
         r.add((*path, "cuda"), "cpu and CUDA versions need separate entries (their flavours differ)")
         return []
     is_cpu = kinds == {True}
-    valid = ("cpu",) if is_cpu else CUDA_FLAVOURS
+    valid = CPU_FLAVOURS if is_cpu else CUDA_FLAVOURS
     context = "for a CPU image" if is_cpu else "for a CUDA image"
     flavours = choices(r, (*path, "flavours"), entry.get("flavours", list(valid[:1])), valid, what="flavour", context=context)
     extra = packages(r, (*path, "packages"), entry.get("packages", []))
@@ -125,7 +128,7 @@ class _Wheel:
 
 
 def _wheel(r: Reader, path: Path_, table: Compat, release: compat_mod.TorchRelease, cuda_v: str, omit: tuple[str, ...]) -> _Wheel | None:
-    if cuda_v == "cpu":
+    if cuda_v == CPU:
         if not release.cpu:
             r.add(path, f"torch {release.version} has no CPU build")
             return None
@@ -134,7 +137,7 @@ def _wheel(r: Reader, path: Path_, table: Compat, release: compat_mod.TorchRelea
         cuda_rel = table.cuda.get(cuda_v)
         if cuda_rel is None:
             known = sorted(table.cuda, key=compat_mod.version_key)
-            r.add(path, f'unknown CUDA version {cuda_v!r}{did_you_mean(cuda_v, known)}; valid: {", ".join(known)} or "cpu"')
+            r.add(path, f'unknown CUDA version {cuda_v!r}{did_you_mean(cuda_v, known)}; valid: {", ".join(known)} or "{CPU}"')
             return None
         found, reason = compat_mod.wheel_variant_for(release, cuda_v)
         if found is None:

@@ -137,7 +137,7 @@ def _settings(
         packages=packages(r, ("packages",), data.get("packages", [])),
         apt_packages=words(r, ("apt_packages",), data.get("apt_packages", [])),
         target_repo=f"{registry.rstrip('/')}/{repository}" if registry else repository,
-        base_repo=reference(r, ("base", "repository"), base.get("repository", "nvidia/cuda"), "repository"),
+        base_repo=reference(r, ("base", "repository"), base.get("repository", "nvidia/cuda"), "repository", required=True),
         mirror=mirror,
         pytorch_index=pytorch_index,
         check_base_tags=boolean(r, ("base", "check_tags"), base.get("check_tags", True)),

@@ -53,6 +53,13 @@ class BaseImage:
         return f"{self.repository}:{self.tag}"
 
     @property
+    def qualified(self) -> str:
+        """The upstream name with its registry, as the OCI base.name label wants it (docker.io/nvidia/cuda:...)."""
+        first = self.repository.split("/", 1)[0]
+        has_host = "/" in self.repository and ("." in first or ":" in first or first == "localhost")
+        return self.upstream if has_host else f"docker.io/{self.upstream}"
+
+    @property
     def ref(self) -> str:
         """What FROM pulls: the upstream name behind the mirror, if any."""
         return f"{self.mirror.rstrip('/')}/{self.upstream}" if self.mirror else self.upstream

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
@@ -17,6 +17,8 @@ from .engine import Engine, EngineError, ImageInfo
 from .lock import Indexes
 from .matrix import Matrix
 from .model import BuildResult, ImageSpec, PushResult, VerifyReport
+from .progress import Meter, StatusLine
+from .provenance import base_digest, source_labels
 from .publish import push_refs, tag_image
 from .render import ROOT, RenderError, context_files, context_tar, dockerfile_quote, render_dockerfile
 from .report import write_reports
@@ -49,15 +51,20 @@ class BuildOptions:
 
 
 class _Console:
-    """One line per step, never interleaved mid-line between parallel builds."""
+    """One line per step, never interleaved mid-line between parallel builds; transfers on a terminal status line."""
 
-    def __init__(self, say: Say) -> None:
-        self._say = say
+    def __init__(self, say: Say, status: StatusLine | None = None) -> None:
+        self._say = status.say if status else say
+        self._status = status
         self._lock = threading.Lock()
 
     def __call__(self, name: str, message: str) -> None:
         with self._lock:
             self._say(f"[{name}] {message}")
+
+    def meter(self, name: str, what: str) -> Meter | None:
+        """Progress for one transfer, when output is a terminal."""
+        return self._status.meter(name, what) if self._status and self._status.interactive else None
 
 
 def build_images(
@@ -65,16 +72,26 @@ def build_images(
 ) -> list[BuildResult]:
     """Run every selected image through the pipeline; one image's failure does not stop the others."""
     engine = engine or Engine()
-    console = _Console(say)
+    # Progress is drawn only for the console's own output on a terminal; other callers get lines.
+    status = StatusLine() if say is print else None
+    console = _Console(say, status)
     logs = options.out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     wheelhouse = options.wheelhouse
     with open(logs / "wheels.log", "w") as wheel_log:
-        wheel_sets = fetch_wheels(specs, wheelhouse, options.locks, options.indexes, log=wheel_log, say=say)
+        meter = console.meter("wheels", "downloading")
+        wheel_sets = fetch_wheels(
+            specs, wheelhouse, options.locks, options.indexes, log=wheel_log, say=status.say if status else say,
+            on_download=(lambda name, done, total: meter(done, total, what=f"downloading {name}")) if meter else None,
+        )  # fmt: skip
+        if meter:
+            meter.close()
     results: dict[str, BuildResult] = {}
+    source = source_labels(ROOT)
     with WheelServer(wheelhouse, matrix.wheel_port), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         futures = {
-            spec.name: pool.submit(_build_one, engine, spec, wheel_sets[spec.name], matrix, options, console, logs) for spec in specs
+            spec.name: pool.submit(_build_one, engine, spec, wheel_sets[spec.name], matrix, options, console, logs, source)
+            for spec in specs
         }
         for name, future in futures.items():
             results[name] = future.result()
@@ -98,6 +115,7 @@ def _build_one(
     options: BuildOptions,
     console: _Console,
     logs: Path,
+    source: dict[str, str] | None = None,
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
@@ -126,7 +144,12 @@ def _build_one(
                 console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
             else:
                 console(spec.name, "building")
-                built = engine.build(context, log=log, labels={BUILD_HASH_LABEL: inputs}, on_step=lambda step: console(spec.name, step))
+                # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
+                labels = {BUILD_HASH_LABEL: inputs, **(source or {})}
+                digest = base_digest(base.repo_digests, spec.base_image)
+                if digest:
+                    labels["org.opencontainers.image.base.digest"] = digest
+                built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step))
                 console(spec.name, "verifying (torch-verify inside the image)")
                 report = run_verify(engine, built, gpus=gpus_wanted(engine, options.gpus))
                 log.write("\n--- torch-verify ---\n" + report.output + "\n")
@@ -141,7 +164,12 @@ def _build_one(
             pushed: tuple[PushResult, ...] = ()
             if options.push:
                 console(spec.name, f"pushing to {spec.repository}")
-                pushed = push_refs(engine, spec.refs, log=log)
+                push_meter = console.meter(spec.name, "pushing")
+                try:
+                    pushed = push_refs(engine, spec.refs, log=log, on_progress=push_meter)
+                finally:
+                    if push_meter:
+                        push_meter.close()
                 console(spec.name, "pushed " + ", ".join(f"{p.ref}@{p.digest[:19]}" for p in pushed))
             info = engine.image(image_id)
             return BuildResult(
@@ -168,6 +196,6 @@ def _existing(engine: Engine, inputs: str) -> ImageInfo | None:
 def _finalize(engine: Engine, built: str, report: VerifyReport, log: TextIO) -> str:
     """Add labels that record what verification saw (a metadata-only layer on the verified image)."""
     labels = verified_labels(report)
-    labels["org.opencontainers.image.created"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    labels["org.opencontainers.image.created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     lines = [f"FROM {built}"] + [f"LABEL {key}={dockerfile_quote(value)}" for key, value in sorted(labels.items())]
     return engine.build(context_tar({"Dockerfile": ("\n".join(lines) + "\n").encode()}), log=log)

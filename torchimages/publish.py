@@ -25,20 +25,21 @@ def push_refs(
     *,
     log: TextIO,
     sleep: Callable[[float], None] = time.sleep,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[PushResult, ...]:
-    """Push each reference; the digest is read back from the registry and must match the push's."""
+    """Push each reference; the digest is read back from the registry and must match the push's.
+
+    on_progress follows the first push only: the other references are the same layers, already there.
+    """
     results = []
-    for ref in refs:
-        pushed = _push_with_retries(engine, ref, log=log, sleep=sleep)
+    for index, ref in enumerate(refs):
+        progress: dict[str, Callable[[int, int], None]] = {"on_progress": on_progress} if on_progress and index == 0 else {}
+        pushed = _retry(partial(engine.push, ref, log=log, **progress), what=f"push of {ref}", log=log, sleep=sleep)
         served = _retry(partial(engine.remote_digest, ref), what=f"reading {ref} back", log=log, sleep=sleep)
         if served != pushed:
             raise PushError(f"the registry serves {served} for {ref}, but the push reported {pushed}", transient=False)
         results.append(PushResult(ref=ref, digest=served))
     return tuple(results)
-
-
-def _push_with_retries(engine: Engine, ref: str, *, log: TextIO, sleep: Callable[[float], None]) -> str:
-    return _retry(lambda: engine.push(ref, log=log), what=f"push of {ref}", log=log, sleep=sleep)
 
 
 def _retry(action: Callable[[], str], *, what: str, log: TextIO, sleep: Callable[[float], None]) -> str:

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "dockerfiles" / "templates"
 GENERATED = ROOT / "dockerfiles" / "generated"
 VERIFY_SCRIPT = ROOT / "scripts" / "verify.py"
+PROFILE_SCRIPT = TEMPLATES / "profile.sh"
 USER = "researcher"
 
 
@@ -41,7 +42,7 @@ def expected_labels(spec: ImageSpec) -> dict[str, str]:
         "org.opencontainers.image.description": f"PyTorch {spec.torch}, python {spec.python}, "
         + (f"CUDA {spec.cuda} {spec.flavour}" if spec.cuda else "CPU"),
         "org.opencontainers.image.version": spec.name,
-        "org.opencontainers.image.base.name": spec.base_upstream,
+        "org.opencontainers.image.base.name": spec.base.qualified,
         f"{p}.torch": spec.torch_build,
         f"{p}.torchvision": spec.torchvision or "none",
         f"{p}.torchaudio": spec.torchaudio or "none",
@@ -112,6 +113,7 @@ def context_files(spec: ImageSpec, *, dockerfile: str, requirements: str, instal
         "requirements.txt": requirements.encode(),
         "pip.txt": installer.encode(),
         "verify.py": VERIFY_SCRIPT.read_bytes(),
+        "profile.sh": PROFILE_SCRIPT.read_bytes(),
         "labels.json": (json.dumps(expected_labels(spec), indent=2, sort_keys=True) + "\n").encode(),
     }
 

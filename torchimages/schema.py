@@ -11,6 +11,13 @@ from .model import Package
 # Import names for requirements whose module differs from the distribution name.
 KNOWN_MODULES = {"pyyaml": "yaml", "jupyter": "jupyterlab", "pillow": "PIL", "scikit-learn": "sklearn"}
 
+# What the readers accept, as patterns the JSON Schema (torchimages/json_schema.py) shares; each is written so that it
+# reads the same in ECMAScript (editors) as in Python, where \w, \s and [^\W_] are Unicode-aware (str.isalnum, str.isspace).
+PLAIN_STRING = re.compile(r"[^\s\x00-\x1f]*")  # no whitespace or control characters
+NAME_PATTERN = re.compile(r"[^\W_][\w+.:-]*")  # a letter or digit, then letters, digits and + - . _ : (never an --option)
+REQUIREMENT_PATTERN = re.compile(r"""[^\W_][^\s"'`$\\;]*""")  # a letter or digit first; no whitespace, quotes, $, \ or ;
+PACKAGE_KEYS = ("pip", "import")
+
 
 def unknown_keys(r: Reader, path: Path_, data: dict[str, Any], keys: tuple[str, ...]) -> None:
     for key in data:
@@ -30,10 +37,13 @@ def section(r: Reader, data: dict[str, Any], key: str, keys: tuple[str, ...]) ->
 def string(r: Reader, path: Path_, value: Any, *, required: bool = False) -> str:
     if value is None and not required:
         return ""
-    if not isinstance(value, str) or (required and not value.strip()):
+    if not isinstance(value, str):
         r.add(path, f"must be a string, got {scalar_kind(value)}")
         return ""
-    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+    if required and not value.strip():
+        r.add(path, "must not be empty")
+        return ""
+    if not PLAIN_STRING.fullmatch(value):
         r.add(path, f"must not contain whitespace or control characters: {value!r}")
         return ""
     return value
@@ -84,7 +94,7 @@ def words(r: Reader, path: Path_, value: Any) -> tuple[str, ...]:
         return ()
     out = []
     for i, item in enumerate(value):
-        if not isinstance(item, str) or not item[:1].isalnum() or not all(ch.isalnum() or ch in "+-._:" for ch in item):
+        if not isinstance(item, str) or not NAME_PATTERN.fullmatch(item):
             r.add((*path, i), f"not a package name: {item!r}")
         else:
             out.append(item)
@@ -99,11 +109,11 @@ def packages(r: Reader, path: Path_, value: Any) -> tuple[Package, ...]:
     out = []
     for i, item in enumerate(value):
         if isinstance(item, dict):
-            unknown_keys(r, (*path, i), item, ("pip", "import"))
+            unknown_keys(r, (*path, i), item, PACKAGE_KEYS)
             req, module = item.get("pip"), item.get("import")
         else:
             req, module = item, None
-        if not isinstance(req, str) or not req[:1].isalnum() or any(ch.isspace() or ch in "\"'`$\\;" for ch in req):
+        if not isinstance(req, str) or not REQUIREMENT_PATTERN.fullmatch(req):
             r.add((*path, i), f'not a pip requirement: {req!r} (write e.g. "pandas" or "scipy>=1.11")')
             continue
         dist = req

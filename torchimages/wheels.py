@@ -13,10 +13,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from .progress import describe
 
 if TYPE_CHECKING:
     from .lock import Indexes, Lock
@@ -83,20 +86,53 @@ def pip_environment(isolated: bool) -> dict[str, str] | None:
     return {**env, "PIP_CONFIG_FILE": os.devnull}
 
 
-def pip_run(args: list[str], log: TextIO, *, what: str, isolated: bool = False) -> str:
-    """Run this python's pip; its output goes to the log, its errors (and pip's reasons) into one WheelError."""
-    command = [sys.executable, "-m", "pip", *args]
+def pip_run(args: list[str], log: TextIO, *, what: str, isolated: bool = False, on_download: DownloadProgress | None = None) -> str:
+    """Run this python's pip; its output goes to the log, its errors (and pip's reasons) into one WheelError.
+
+    With on_download, pip reports each download's bytes (`--progress-bar raw`) and they are passed on as
+    (file name, bytes done, bytes in all); those lines stay out of the log.
+    """
+    command = [sys.executable, "-m", "pip", *args, *(["--progress-bar", "raw"] if on_download else [])]
     log.write(mask_credentials("$ " + " ".join(command)) + "\n")
     log.flush()
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pip_environment(isolated), bufsize=1
+    )
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        process.kill()
+
+    timer = threading.Timer(PIP_TIMEOUT, expire)
+    timer.start()
+    output: list[str] = []
+    current = ""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False, env=pip_environment(isolated))
-    except subprocess.TimeoutExpired:
-        raise WheelError(f"{what}: pip ran past {PIP_TIMEOUT} s") from None
-    log.write(mask_credentials(done.stdout + done.stderr))
-    log.flush()
-    if done.returncode != 0:
-        raise WheelError(mask_credentials(f"{what}: " + (pip_reason(done.stdout + done.stderr) or f"pip exited {done.returncode}")))
-    return done.stdout
+        assert process.stdout is not None
+        for line in process.stdout:
+            if on_download and (progress := _PROGRESS.fullmatch(line.strip())):
+                on_download(current, int(progress["done"]), int(progress["total"]))
+                continue
+            if downloading := _DOWNLOADING.match(line.strip()):
+                current = downloading["name"].rsplit("/", 1)[-1]
+            output.append(line)
+            log.write(mask_credentials(line))
+        code = process.wait()
+    finally:
+        timer.cancel()
+        log.flush()
+    text = "".join(output)
+    if timed_out.is_set():
+        raise WheelError(f"{what}: pip ran past {PIP_TIMEOUT} s")
+    if code != 0:
+        raise WheelError(mask_credentials(f"{what}: " + (pip_reason(text) or f"pip exited {code}")))
+    return text
+
+
+_PROGRESS = re.compile(r"Progress (?P<done>\d+) of (?P<total>\d+)")
+_DOWNLOADING = re.compile(r"Downloading (?P<name>\S+)")
+DownloadProgress = Callable[[str, int, int], None]
 
 
 def pip_reason(output: str) -> str:
@@ -111,7 +147,14 @@ def pip_reason(output: str) -> str:
 
 
 def fetch_wheels(
-    specs: Sequence[ImageSpec], wheelhouse: Path, locks: Path, indexes: Indexes, *, log: TextIO, say: Any = print
+    specs: Sequence[ImageSpec],
+    wheelhouse: Path,
+    locks: Path,
+    indexes: Indexes,
+    *,
+    log: TextIO,
+    say: Any = print,
+    on_download: DownloadProgress | None = None,
 ) -> dict[str, WheelSet | WheelError]:
     """Lock each image (reusing current locks), then fetch what the locks name into the wheelhouse; errors per image."""
     from .lock import lock_images
@@ -127,14 +170,23 @@ def fetch_wheels(
             continue
         if lock.requirements not in fetched:
             try:
-                fetched[lock.requirements] = fetch_locked(spec, lock, indexes, wheelhouse, log=log, say=say)
+                fetched[lock.requirements] = fetch_locked(spec, lock, indexes, wheelhouse, log=log, say=say, on_download=on_download)
             except WheelError as exc:
                 fetched[lock.requirements] = exc
         results[spec.name] = fetched[lock.requirements]
     return results
 
 
-def fetch_locked(spec: ImageSpec, lock: Lock, indexes: Indexes, wheelhouse: Path, *, log: TextIO, say: Any = print) -> WheelSet:
+def fetch_locked(
+    spec: ImageSpec,
+    lock: Lock,
+    indexes: Indexes,
+    wheelhouse: Path,
+    *,
+    log: TextIO,
+    say: Any = print,
+    on_download: DownloadProgress | None = None,
+) -> WheelSet:
     """Download the lock's files that the wheelhouse lacks (pip checks every hash), then check them all."""
     from .lock import index_args, target_args
 
@@ -145,9 +197,13 @@ def fetch_locked(spec: ImageSpec, lock: Lock, indexes: Indexes, wheelhouse: Path
         with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="torch-images-fetch-") as requirements:
             requirements.write("".join(f.pinned for f in missing))
             requirements.flush()
-            args = ["download", *index_args(spec, indexes), "--no-deps", "--require-hashes", "--progress-bar", "off"]
+            args = ["download", *index_args(spec, indexes), "--no-deps", "--require-hashes"]
+            args += [] if on_download else ["--progress-bar", "off"]
             args += ["--dest", str(wheelhouse), *target_args(spec), "-r", requirements.name]
-            pip_run(args, log, what=f"fetching wheels for {spec.name}", isolated=indexes.isolated)
+            started = time.monotonic()
+            pip_run(args, log, what=f"fetching wheels for {spec.name}", isolated=indexes.isolated, on_download=on_download)
+            size = sum((wheelhouse / f.filename).stat().st_size for f in missing if (wheelhouse / f.filename).exists())
+            say(f"wheels: fetched {len(missing)} files for {spec.name}: {describe(size, 0, time.monotonic() - started)}")
     for f in lock.files:
         if hashes.get(f.filename) != f.sha256:
             raise WheelError(f"fetching wheels for {spec.name}: {f.filename} is not in the wheelhouse with sha256 {f.sha256}")

@@ -117,3 +117,36 @@ def test_any_text_is_a_matrix_or_a_clean_error(text: str) -> None:
 
 
 pytestmark = pytest.mark.filterwarnings("error")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("build", "--jobs", "two"), "--jobs must be a whole number, not 'two'"),
+        (("build", "--jobs", "0"), "--jobs must be at least 1, not 0"),
+        (("run", "--jupyter-port", "http"), "--jupyter-port must be a whole number, not 'http'"),
+        (("run", "--gpus", "some"), "--gpus must be auto, all or none, not 'some'"),
+        (("run", "--jupyter", "--tensorboard", "runs", "--dry-run"), "--jupyter and --tensorboard start one server each"),
+    ],
+)
+def test_bad_numbers_and_choices_are_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
+    done = invoke(*args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == message or done.stderr.strip().startswith(message), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_task_quietly() -> None:
+    # `true` exits at once, long before the task has loaded the matrix, so the writer always meets a closed pipe.
+    script = f"{sys.executable} -m invoke matrix --format json | true; echo $(( PIPESTATUS[0] ))"
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "141", done.stdout + done.stderr
+    assert done.stderr == ""
+
+
+def test_run_dry_run_prints_the_docker_command_for_the_chosen_image() -> None:
+    done = invoke("run", "--config", "tests/fixtures/images.yaml", "--cuda", "13.0", "--gpus", "all", "--dry-run", "--", "python", "-V")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("docker run --rm --init --gpus all --ipc=host --user ")
+    assert done.stdout.strip().endswith(":2.13.0-py3.11-cuda13.0-cudnn9-runtime-debian12 python -V")
+    assert "2 images match; running 2.13.0-py3.11-cuda13.0-cudnn9-runtime-debian12" in done.stderr

@@ -1,0 +1,99 @@
+"""`invoke run`: the `docker run` command line the README recommends, for one image of the matrix."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .compat import version_key
+from .model import ImageSpec
+
+WORKSPACE = "/workspace"
+JUPYTER_PORT = 8888
+TENSORBOARD_PORT = 6006
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    """What `invoke run` starts, and what it tells the user."""
+
+    argv: tuple[str, ...]
+    image: str
+    notes: tuple[str, ...]
+    env: dict[str, str]  # variables the docker CLI passes on by name (their values never appear in argv)
+
+    def shell(self) -> str:
+        return shlex.join(self.argv)
+
+
+def newest(specs: Sequence[ImageSpec], *, gpus: bool) -> ImageSpec:
+    """The image to run when several match: a CUDA image when there are GPUs (a CPU one when not), then the
+    newest torch, python and CUDA; runtime before devel."""
+    return max(
+        specs,
+        key=lambda s: (bool(s.cuda) == gpus, version_key(s.torch), version_key(s.python), version_key(s.cuda or "0"), s.flavour != "devel"),
+    )
+
+
+def check_modes(*, jupyter: bool, tensorboard: str, command: Sequence[str]) -> None:
+    """Raise ValueError for flags that contradict each other."""
+    if jupyter and tensorboard:
+        raise ValueError("--jupyter and --tensorboard start one server each; run them in two terminals")
+    if (jupyter or tensorboard) and command:
+        raise ValueError("--jupyter and --tensorboard choose the command themselves; drop what follows --")
+
+
+def plan_run(
+    *,
+    image: str,
+    command: Sequence[str],
+    gpus: bool,
+    cwd: Path,
+    uid: int,
+    gid: int,
+    tty: bool,
+    jupyter: bool = False,
+    tensorboard: str = "",
+    jupyter_port: int = JUPYTER_PORT,
+    tensorboard_port: int = TENSORBOARD_PORT,
+    token: str = "",
+) -> RunPlan:
+    """The docker CLI call: GPUs when wanted, --ipc=host, cwd at /workspace, the caller's UID:GID, ports on loopback only."""
+    check_modes(jupyter=jupyter, tensorboard=tensorboard, command=command)
+    argv = ["docker", "run", "--rm", "--init"]
+    argv += ["-i", "-t"] if tty else []
+    argv += ["--gpus", "all"] if gpus else []
+    # PyTorch's DataLoader workers share tensors through /dev/shm, which Docker limits to 64 MB.
+    argv += ["--ipc=host"]
+    argv += ["--user", f"{uid}:{gid}", "-v", f"{cwd}:{WORKSPACE}", "-w", WORKSPACE]
+    argv += ["-p", f"127.0.0.1:{jupyter_port}:{JUPYTER_PORT}", "-p", f"127.0.0.1:{tensorboard_port}:{TENSORBOARD_PORT}"]
+    notes = []
+    env = {}
+    if jupyter:
+        # The token travels in the environment (`-e NAME` copies it from ours), never on a command line.
+        env["JUPYTER_TOKEN"] = token
+        argv += ["-e", "JUPYTER_TOKEN"]
+        command = ["jupyter", "lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser", f"--ServerApp.root_dir={WORKSPACE}"]
+        notes.append(f"jupyter: http://127.0.0.1:{jupyter_port}/lab?token={token}")
+    elif tensorboard:
+        logdir = _inside(cwd, tensorboard)
+        command = ["tensorboard", "--logdir", logdir, "--bind_all", f"--port={TENSORBOARD_PORT}"]
+        notes.append(f"tensorboard: http://127.0.0.1:{tensorboard_port}/ (logs: {logdir})")
+    argv += [image, *command]
+    return RunPlan(argv=tuple(argv), image=image, notes=tuple(notes), env=env)
+
+
+def _inside(cwd: Path, logdir: str) -> str:
+    """A host folder under the current directory, as the container sees it under /workspace."""
+    path = (cwd / logdir).resolve()
+    if not path.is_relative_to(cwd.resolve()):
+        raise ValueError(f"--tensorboard {logdir}: only the current directory is mounted (at {WORKSPACE}); give a folder inside it")
+    relative = path.relative_to(cwd.resolve()).as_posix()
+    return WORKSPACE if relative == "." else f"{WORKSPACE}/{relative}"
+
+
+def caller_ids() -> tuple[int, int]:
+    return os.getuid(), os.getgid()
