@@ -54,7 +54,7 @@ def _closed_pipe_hook(kind: type[BaseException], value: BaseException, tb: Any) 
 sys.excepthook = _closed_pipe_hook
 
 
-def _count(flag: str, value: str, *, minimum: int = 1) -> int:
+def _whole_number(flag: str, value: str, *, minimum: int = 1, maximum: int | None = None) -> int:
     """An integer flag, read here so that `--jobs two` is one clear line and not invoke's traceback."""
     try:
         number = int(value)
@@ -62,6 +62,8 @@ def _count(flag: str, value: str, *, minimum: int = 1) -> int:
         raise Exit(f"{flag} must be a whole number, not {value!r}", code=2) from None
     if number < minimum:
         raise Exit(f"{flag} must be at least {minimum}, not {number}", code=2)
+    if maximum is not None and number > maximum:
+        raise Exit(f"{flag} must be at most {maximum}, not {number}", code=2)
     return number
 
 
@@ -86,11 +88,20 @@ def _check_gpus(gpus: str) -> None:
         raise Exit(f"--gpus must be auto, all or none, not {gpus!r}", code=2)
 
 
+def _config(config: str) -> str:
+    """A matrix file as given, or, when a relative one is not here, the checkout's (`invoke -r ~/torch-images run` from a project)."""
+    if Path(config).exists() or Path(config).is_absolute() or not (ROOT / config).exists():
+        return config
+    return str(ROOT / config)
+
+
 def _load(config: str) -> matrix_mod.Matrix:
-    return matrix_mod.load_matrix(config)
+    return matrix_mod.load_matrix(_config(config))
 
 
 def _select(matrix: matrix_mod.Matrix, cuda: list[str], torch: list[str], python: list[str], flavour: list[str]) -> list[Any]:
+    if not matrix.images:
+        raise Exit(f"{matrix.file} defines no image to build: every combination is excluded or deprecated", code=1)
     filters = matrix_mod.Filters(cuda=tuple(cuda), torch=tuple(torch), python=tuple(python), flavour=tuple(flavour))
     selected = [spec for spec in matrix.images if filters.select(spec)]
     if not selected:
@@ -139,7 +150,7 @@ def build(
     from torchimages.pipeline import BuildOptions, build_images
 
     _check_gpus(gpus)
-    workers = _count("--jobs", jobs)
+    workers = _whole_number("--jobs", jobs)
     with _clean_errors():
         matrix = _load(config)
         specs = _select(matrix, cuda or [], torch or [], python or [], flavour or [])
@@ -193,7 +204,7 @@ def lock(
         raise Exit(f"--format must be table or json, not {format!r}", code=2)
     with _clean_errors():
         indexes, pytorch_index = _indexes(replica)
-        loaded = matrix_mod.load_matrix(config, pytorch_index=pytorch_index)
+        loaded = matrix_mod.load_matrix(_config(config), pytorch_index=pytorch_index)
         specs = _select(loaded, cuda or [], torch or [], python or [], flavour or [])
         logs = Path(out_dir, "logs")
         logs.mkdir(parents=True, exist_ok=True)
@@ -261,8 +272,8 @@ def _after_double_dash() -> list[str]:
         "gpus": "auto (all GPUs when the engine has the nvidia runtime), all, none",
         "jupyter": "start JupyterLab and print its URL",
         "tensorboard": "start TensorBoard on this folder (inside the current directory) and print its URL",
-        "jupyter_port": f"host port for JupyterLab, on 127.0.0.1 (default {8888})",
-        "tensorboard_port": f"host port for TensorBoard, on 127.0.0.1 (default {6006})",
+        "jupyter_port": "host port for JupyterLab, on 127.0.0.1 (default 8888)",
+        "tensorboard_port": "host port for TensorBoard, on 127.0.0.1 (default 6006)",
         "dry_run": "print the docker command instead of running it",
     },
     iterable=["cuda", "torch", "python", "flavour"],
@@ -289,30 +300,29 @@ def run_image(
     from torchimages import launch
 
     _check_gpus(gpus)
-    ports = _count("--jupyter-port", jupyter_port), _count("--tensorboard-port", tensorboard_port)
+    ports = (
+        _whole_number("--jupyter-port", jupyter_port, maximum=65535),
+        _whole_number("--tensorboard-port", tensorboard_port, maximum=65535),
+    )
+    command = _after_double_dash()
     try:
-        launch.check_modes(jupyter=jupyter, tensorboard=tensorboard, command=_after_double_dash())
+        launch.check_modes(jupyter=jupyter, tensorboard=tensorboard, command=command)
     except ValueError as exc:
         raise Exit(str(exc), code=2) from None
     with _clean_errors():
-        use_gpus = gpus == "all"
-        if gpus == "auto" and not dry_run:
-            from torchimages.engine import Engine
-
-            use_gpus = Engine().has_nvidia_runtime()
-            if not use_gpus:
-                print("no NVIDIA runtime on this engine: running without GPUs (CPU only; `invoke doctor` says more)", file=sys.stderr)
+        use_gpus, note = launch.detect_gpus(gpus, dry_run=dry_run)
+        if note:
+            print(note, file=sys.stderr)
         if not image:
             specs = _select(_load(config), cuda or [], torch or [], python or [], flavour or [])
             chosen = launch.newest(specs, gpus=use_gpus)
             image = chosen.refs[0]
             if len(specs) > 1:
                 print(f"{len(specs)} images match; running {chosen.name} (narrow with --torch, --cuda, ...)", file=sys.stderr)
-        uid, gid = launch.caller_ids()
         try:
             plan = launch.plan_run(
-                image=image, command=_after_double_dash(), gpus=use_gpus, cwd=Path.cwd(), uid=uid, gid=gid,
-                tty=sys.stdin.isatty() and sys.stdout.isatty(), jupyter=jupyter, tensorboard=tensorboard,
+                image=image, command=command, gpus=use_gpus, cwd=Path.cwd(), uid=os.getuid(), gid=os.getgid(),
+                stdin_tty=sys.stdin.isatty(), stdout_tty=sys.stdout.isatty(), jupyter=jupyter, tensorboard=tensorboard,
                 jupyter_port=ports[0], tensorboard_port=ports[1], token=secrets.token_hex(24) if jupyter else "",
             )  # fmt: skip
         except ValueError as exc:
@@ -322,11 +332,9 @@ def run_image(
         return
     if shutil.which("docker") is None:
         raise Exit(f"the docker CLI is not on PATH; install it, or run it yourself:\n  {plan.shell()}", code=1)
-    for note in plan.notes:
-        print(note, file=sys.stderr)
-    code = subprocess.call(plan.argv, env={**os.environ, **plan.env})
-    if code != 0:
-        raise Exit(code=code)
+    for line in plan.notes:
+        print(line, file=sys.stderr)
+    launch.execute(plan)
 
 
 @task(name="doctor", help={"config": "matrix whose images to check this host against (default: images.yaml)"})
@@ -335,7 +343,7 @@ def doctor_host(c: Context, config: str = "images.yaml") -> None:
     from torchimages import doctor
 
     with _clean_errors():
-        diagnosis = doctor.diagnose(config)
+        diagnosis = doctor.diagnose(_config(config))
     print(doctor.format_diagnosis(diagnosis))
     if not diagnosis.ok:
         raise Exit(code=1)
@@ -378,7 +386,7 @@ def render(c: Context, config: str = "", check: bool = False) -> None:
     configs = [config] if config else ["images.yaml", FIXTURE]
     with _clean_errors():
         # The checked-in files follow the files alone, not $TORCH_IMAGES_BASE_MIRROR.
-        loaded = [matrix_mod.load_matrix(name, use_environment=False) for name in configs]
+        loaded = [matrix_mod.load_matrix(_config(name), use_environment=False) for name in configs]
         matrices = [([*m.images, *m.deprecated], m.wheel_port) for m in loaded]
         stale = sync_generated(matrices, check=check, prune=not config)
     if check and stale:

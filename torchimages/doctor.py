@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .compat import version_key
-from .engine import Engine, EngineError
+from .engine import NVIDIA_HOOK, Engine, EngineError
 from .matrix import load_matrix
 from .model import ImageSpec
 
 NVIDIA_SMI = ("nvidia-smi", "--query-gpu=driver_version,name", "--format=csv,noheader")
 SMI_TIMEOUT_S = 20
 ENGINE_TIMEOUT_S = 15
-# Docker's own --gpus support registers only when this binary is on the daemon's PATH
-# (moby daemon/nvidia_linux.go: `exec.LookPath(nvidiaHook)`), whether or not a runtime named nvidia exists.
-NVIDIA_HOOK = "nvidia-container-runtime-hook"
 DRIVER_RE = re.compile(r"^\d+(\.\d+)+$")
 GIB = 1024**3
 NO_GPU = "no NVIDIA GPU: only the CPU images can use this host; CUDA images run without --gpus for CPU work"
@@ -206,6 +203,8 @@ def judge(spec: ImageSpec, facts: HostFacts) -> tuple[bool | None, str]:
     """(True: runs here, False: does not, None: unknown) and why, for one image."""
     if not spec.cuda:
         return True, "CPU image"
+    if facts.remote_engine:  # the GPUs that count are the engine's machine's, which nvidia-smi here does not see
+        return None, f"the engine is on another machine ({facts.remote_engine}): run `docker run --rm --gpus all IMAGE nvidia-smi` there"
     if facts.driver is None:
         return False, f"needs an NVIDIA GPU ({facts.gpu_problem or 'none found'})"
     # NVIDIA's CUDA bases set NVIDIA_REQUIRE_CUDA="cuda>=X.Y ..." (our stand-in bases too: testing/standins.py),

@@ -7,7 +7,9 @@ every stream here is read to the end and an "error" entry becomes an exception.
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -19,6 +21,11 @@ import docker.errors
 import requests.exceptions
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+# Docker's own --gpus support registers only when this binary is on the daemon's PATH
+# (moby daemon/nvidia_linux.go: `exec.LookPath(nvidiaHook)`), whether or not a runtime named nvidia exists.
+NVIDIA_HOOK = "nvidia-container-runtime-hook"
 
 
 class EngineError(Exception):
@@ -122,8 +129,12 @@ class Engine:
             return dict(self._client.info())
 
     def has_nvidia_runtime(self) -> bool:
-        """True when the engine can hand GPUs to containers."""
-        return "nvidia" in (self.info().get("Runtimes") or {})
+        """True when `--gpus` works: a runtime named nvidia, or, for an engine on this machine, NVIDIA's hook on PATH
+        (Docker registers --gpus whenever it finds the hook: moby daemon/nvidia_linux.go)."""
+        if "nvidia" in (self.info().get("Runtimes") or {}):
+            return True
+        host = os.environ.get("DOCKER_HOST", "")
+        return (not host or host.startswith("unix://")) and shutil.which(NVIDIA_HOOK) is not None
 
     def image(self, ref: str) -> ImageInfo | None:
         """Inspect a local image, or None when there is none by that name or ID."""

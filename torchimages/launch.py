@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
+import socket
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .compat import version_key
+from .engine import Engine, EngineError
 from .model import ImageSpec
 
 WORKSPACE = "/workspace"
 JUPYTER_PORT = 8888
 TENSORBOARD_PORT = 6006
+NO_GPUS = "no NVIDIA runtime on this engine: running without GPUs (CPU only; `invoke doctor` says more)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,12 +34,34 @@ class RunPlan:
 
 
 def newest(specs: Sequence[ImageSpec], *, gpus: bool) -> ImageSpec:
-    """The image to run when several match: a CUDA image when there are GPUs (a CPU one when not), then the
-    newest torch, python and CUDA; runtime before devel."""
+    """The image to run when several match: CUDA with GPUs (CPU without), then newest torch, python, CUDA; runtime first."""
     return max(
         specs,
         key=lambda s: (bool(s.cuda) == gpus, version_key(s.torch), version_key(s.python), version_key(s.cuda or "0"), s.flavour != "devel"),
     )
+
+
+def detect_gpus(mode: str, *, dry_run: bool, engine_factory: Callable[[], Engine] = Engine) -> tuple[bool, str | None]:
+    """Whether to hand GPUs in (auto asks the engine, also for a dry run), and a note for the user when not."""
+    if mode != "auto":
+        return mode == "all", None
+    try:
+        engine = engine_factory()
+    except EngineError as exc:
+        if not dry_run:
+            raise
+        return False, f"no engine answered, so GPUs were not detected ({exc}); give --gpus all for a GPU host"
+    return (True, None) if engine.has_nvidia_runtime() else (False, NO_GPUS)
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def check_modes(*, jupyter: bool, tensorboard: str, command: Sequence[str]) -> None:
@@ -54,24 +80,36 @@ def plan_run(
     cwd: Path,
     uid: int,
     gid: int,
-    tty: bool,
+    stdin_tty: bool,
+    stdout_tty: bool,
     jupyter: bool = False,
     tensorboard: str = "",
     jupyter_port: int = JUPYTER_PORT,
     tensorboard_port: int = TENSORBOARD_PORT,
     token: str = "",
+    free: Callable[[int], bool] = port_free,
 ) -> RunPlan:
     """The docker CLI call: GPUs when wanted, --ipc=host, cwd at /workspace, the caller's UID:GID, ports on loopback only."""
     check_modes(jupyter=jupyter, tensorboard=tensorboard, command=command)
-    argv = ["docker", "run", "--rm", "--init"]
-    argv += ["-i", "-t"] if tty else []
+    argv = ["docker", "run", "--rm", "--init", "-i"]  # -i: piped input reaches the command
+    argv += ["-t"] if stdin_tty and stdout_tty else []
     argv += ["--gpus", "all"] if gpus else []
     # PyTorch's DataLoader workers share tensors through /dev/shm, which Docker limits to 64 MB.
     argv += ["--ipc=host"]
     argv += ["--user", f"{uid}:{gid}", "-v", f"{cwd}:{WORKSPACE}", "-w", WORKSPACE]
-    argv += ["-p", f"127.0.0.1:{jupyter_port}:{JUPYTER_PORT}", "-p", f"127.0.0.1:{tensorboard_port}:{TENSORBOARD_PORT}"]
-    notes = []
-    env = {}
+    notes: list[str] = []
+    env: dict[str, str] = {}
+    ports = {"jupyter": (jupyter_port, JUPYTER_PORT), "tensorboard": (tensorboard_port, TENSORBOARD_PORT)}
+    server = "jupyter" if jupyter else "tensorboard" if tensorboard else None
+    for name, (host_port, inside) in ports.items():
+        if server and name != server:
+            continue
+        if not free(host_port):
+            if server:  # the server needs its port
+                raise ValueError(f"127.0.0.1:{host_port} is in use; give --{name}-port another port")
+            notes.append(f"127.0.0.1:{host_port} is in use: {name}'s port is not published this time")
+            continue
+        argv += ["-p", f"127.0.0.1:{host_port}:{inside}"]
     if jupyter:
         # The token travels in the environment (`-e NAME` copies it from ours), never on a command line.
         env["JUPYTER_TOKEN"] = token
@@ -95,5 +133,8 @@ def _inside(cwd: Path, logdir: str) -> str:
     return WORKSPACE if relative == "." else f"{WORKSPACE}/{relative}"
 
 
-def caller_ids() -> tuple[int, int]:
-    return os.getuid(), os.getgid()
+def execute(plan: RunPlan) -> None:
+    """Become the docker client: its exit status and its handling of Ctrl-C (stop the container) are the user's."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(plan.argv[0], list(plan.argv), {**os.environ, **plan.env})

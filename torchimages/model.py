@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-LABEL_PREFIX = "org.torch-images"
 INSTALLER = "pip"  # locked with every image and installed first, so the venv's pip understands the lock
 
 

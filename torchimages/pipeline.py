@@ -13,19 +13,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
+from . import labels as contract
 from .engine import Engine, EngineError, ImageInfo
 from .lock import Indexes
 from .matrix import Matrix
 from .model import BuildResult, ImageSpec, PushResult, VerifyReport
 from .progress import Meter, StatusLine
 from .provenance import base_digest, source_labels
-from .publish import push_refs, tag_image
+from .publish import PartialPush, push_refs, tag_image
 from .render import ROOT, RenderError, context_files, context_tar, dockerfile_quote, render_dockerfile
 from .report import write_reports
-from .verify import VerifyError, gpus_wanted, promise_problems, report_from_labels, run_verify, verified_labels
+from .verify import VerifyError, gpus_wanted, promise_problems, run_verify
 from .wheels import WheelError, WheelServer, WheelSet, fetch_wheels
 
-BUILD_HASH_LABEL = "org.torch-images.build-hash"
 Say = Callable[[str], None]
 
 
@@ -120,9 +120,13 @@ def _build_one(
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
 
+    # What has happened for good, so that a failure later on is reported with it (verified, then pushed, then failed).
+    done: dict[str, object] = {}
+
     def failed(message: str, **extra: object) -> BuildResult:
         console(spec.name, f"FAILED: {message} (log: {log_path})")
-        return BuildResult(spec=spec, status="failed", error=message, seconds=time.monotonic() - started, **extra)  # type: ignore[arg-type]
+        fields = {**done, **extra}
+        return BuildResult(spec=spec, status="failed", error=message, seconds=time.monotonic() - started, **fields)  # type: ignore[arg-type]
 
     if isinstance(wheel_set, WheelError):
         log_path.write_text(f"{wheel_set}\nsee {logs / 'wheels.log'}\n")
@@ -138,28 +142,28 @@ def _build_one(
                 base = engine.image(spec.base_image)
             assert base is not None
             inputs = build_hash(context, base.id)
-            reused = None if options.rebuild else _existing(engine, inputs)
+            gpus = gpus_wanted(engine, options.gpus)
+            reused = None if options.rebuild else _existing(engine, inputs, gpus=gpus)
             if reused is not None:
-                image_id, status, report = reused.id, "unchanged", report_from_labels(reused.labels)
+                image_id, status, report = reused.id, "unchanged", contract.report_from_labels(reused.labels)
                 console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
             else:
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
-                labels = {BUILD_HASH_LABEL: inputs, **(source or {})}
-                digest = base_digest(base.repo_digests, spec.base_image)
-                if digest:
-                    labels["org.opencontainers.image.base.digest"] = digest
+                labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
                 built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step))
                 console(spec.name, "verifying (torch-verify inside the image)")
-                report = run_verify(engine, built, gpus=gpus_wanted(engine, options.gpus))
+                report = run_verify(engine, built, gpus=gpus)
                 log.write("\n--- torch-verify ---\n" + report.output + "\n")
                 problems = [f"{c.name}: {c.detail}" for c in report.failures] + promise_problems(spec, report)
                 if problems or not report.ok:
-                    return failed("verification failed: " + "; ".join(problems or ["torch-verify reported failure"]),
-                                  image_id=built, verify=report)  # fmt: skip
-                image_id = _finalize(engine, built, report, log)
+                    _discard(engine, built, log)
+                    return failed("verification failed: " + "; ".join(problems or ["torch-verify reported failure"]), verify=report)
+                image_id = _finalize(engine, built, report, log, build_hash=inputs, gpus=gpus)
                 status = "built"
+            done.update(image_id=image_id, verified=True, verify=report)
             tag_image(engine, image_id, spec.refs)
+            done.update(tags=spec.refs)
             console(spec.name, "tagged " + ", ".join(spec.tags))
             pushed: tuple[PushResult, ...] = ()
             if options.push:
@@ -179,23 +183,31 @@ def _build_one(
         except (EngineError, VerifyError, RenderError) as exc:
             log.write(f"\nERROR: {exc}\n")
             tail = getattr(exc, "tail", "")
+            if isinstance(exc, PartialPush):
+                done.update(pushed=exc.pushed)
             return failed(str(exc) + (f"\n{tail}" if tail else ""))
         except Exception as exc:  # noqa: BLE001 - one image's surprise must not sink the others' reports
             log.write(f"\nUNEXPECTED ERROR: {exc!r}\n{traceback.format_exc()}")
             return failed(f"unexpected error: {exc!r} (traceback in the log)")
 
 
-def _existing(engine: Engine, inputs: str) -> ImageInfo | None:
-    """A verified image built from exactly these inputs, if the engine still has one."""
-    verified = (
-        info for info in engine.images_with_label(BUILD_HASH_LABEL, inputs) if info.labels.get("org.torch-images.verified") == "true"
-    )
+def _existing(engine: Engine, inputs: str, *, gpus: bool) -> ImageInfo | None:
+    """An image sealed as verified for exactly these inputs (with GPUs when this run verifies with them), if the engine has one."""
+    verified = (info for info in engine.images_with_label(contract.BUILD_HASH, inputs) if contract.sealed(info.labels, inputs, gpus=gpus))
     return next(verified, None)
 
 
-def _finalize(engine: Engine, built: str, report: VerifyReport, log: TextIO) -> str:
-    """Add labels that record what verification saw (a metadata-only layer on the verified image)."""
-    labels = verified_labels(report)
-    labels["org.opencontainers.image.created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _discard(engine: Engine, image_id: str, log: TextIO) -> None:
+    """An image that failed verification goes at once: no later run or user may find it."""
+    try:
+        engine.remove_image(image_id, force=True)
+    except EngineError as exc:
+        log.write(f"\ncould not remove the unverified image {image_id}: {exc}\n")
+
+
+def _finalize(engine: Engine, built: str, report: VerifyReport, log: TextIO, *, build_hash: str, gpus: bool) -> str:
+    """Seal the verified image: a metadata-only layer with what verification saw and the build it passed for."""
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    labels = contract.verified_labels(report, build_hash=build_hash, gpus=gpus, created=created)
     lines = [f"FROM {built}"] + [f"LABEL {key}={dockerfile_quote(value)}" for key, value in sorted(labels.items())]
     return engine.build(context_tar({"Dockerfile": ("\n".join(lines) + "\n").encode()}), log=log)

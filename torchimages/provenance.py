@@ -30,9 +30,9 @@ def web_url(remote: str | None) -> str | None:
     if not remote:
         return None
     match = _URL.fullmatch(remote) or (None if "://" in remote else _SCP_LIKE.fullmatch(remote))
-    if match is None:
+    if match is None or not ("." in match["host"] or match["host"] == "localhost"):  # C:repo is a Windows path
         return None
-    path = match["path"].removesuffix("/").removesuffix(".git")
+    path = re.split(r"[?#]", match["path"], maxsplit=1)[0].removesuffix("/").removesuffix(".git")  # no ?private_token=
     return f"https://{match['host']}/{path}"
 
 

@@ -31,15 +31,26 @@ def push_refs(
 
     on_progress follows the first push only: the other references are the same layers, already there.
     """
-    results = []
-    for index, ref in enumerate(refs):
-        progress: dict[str, Callable[[int, int], None]] = {"on_progress": on_progress} if on_progress and index == 0 else {}
-        pushed = _retry(partial(engine.push, ref, log=log, **progress), what=f"push of {ref}", log=log, sleep=sleep)
-        served = _retry(partial(engine.remote_digest, ref), what=f"reading {ref} back", log=log, sleep=sleep)
-        if served != pushed:
-            raise PushError(f"the registry serves {served} for {ref}, but the push reported {pushed}", transient=False)
-        results.append(PushResult(ref=ref, digest=served))
+    results: list[PushResult] = []
+    try:
+        for index, ref in enumerate(refs):
+            progress: dict[str, Callable[[int, int], None]] = {"on_progress": on_progress} if on_progress and index == 0 else {}
+            pushed = _retry(partial(engine.push, ref, log=log, **progress), what=f"push of {ref}", log=log, sleep=sleep)
+            served = _retry(partial(engine.remote_digest, ref), what=f"reading {ref} back", log=log, sleep=sleep)
+            if served != pushed:
+                raise PushError(f"the registry serves {served} for {ref}, but the push reported {pushed}", transient=False)
+            results.append(PushResult(ref=ref, digest=served))
+    except PushError as exc:
+        raise PartialPush(str(exc), pushed=tuple(results)) from None
     return tuple(results)
+
+
+class PartialPush(PushError):
+    """A push failed after these references were pushed (and read back)."""
+
+    def __init__(self, message: str, *, pushed: tuple[PushResult, ...]) -> None:
+        super().__init__(message, transient=False)
+        self.pushed = pushed
 
 
 def _retry(action: Callable[[], str], *, what: str, log: TextIO, sleep: Callable[[float], None]) -> str:

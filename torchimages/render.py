@@ -12,7 +12,8 @@ from pathlib import Path
 
 import jinja2
 
-from .model import LABEL_PREFIX, ImageSpec
+from .labels import expected_labels
+from .model import ImageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "dockerfiles" / "templates"
@@ -32,31 +33,6 @@ def dockerfile_quote(value: object) -> str:
     if any(ch in text for ch in "\n\r\x00"):
         raise RenderError(f"value cannot go into a Dockerfile (it has a line break or NUL): {text!r}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
-
-
-def expected_labels(spec: ImageSpec) -> dict[str, str]:
-    """The labels an image is built with: what the matrix promises. Verification overwrites them with what it saw."""
-    p = LABEL_PREFIX
-    labels = {
-        "org.opencontainers.image.title": "torch-images pytorch",
-        "org.opencontainers.image.description": f"PyTorch {spec.torch}, python {spec.python}, "
-        + (f"CUDA {spec.cuda} {spec.flavour}" if spec.cuda else "CPU"),
-        "org.opencontainers.image.version": spec.name,
-        "org.opencontainers.image.base.name": spec.base.qualified,
-        f"{p}.torch": spec.torch_build,
-        f"{p}.torchvision": spec.torchvision or "none",
-        f"{p}.torchaudio": spec.torchaudio or "none",
-        f"{p}.cuda": spec.wheel_cuda or "none",
-        f"{p}.base-cuda": spec.cuda or "none",
-        f"{p}.min-driver": spec.min_driver or "none",
-        f"{p}.cudnn": spec.cudnn or "none",
-        f"{p}.python": spec.python,
-        f"{p}.flavour": spec.flavour,
-        f"{p}.os": spec.os,
-        f"{p}.wheel-variant": spec.wheel_variant,
-        f"{p}.packages": ",".join(spec.modules),
-    }
-    return dict(sorted(labels.items()))
 
 
 def _environment() -> jinja2.Environment:

@@ -14,7 +14,9 @@ KNOWN_MODULES = {"pyyaml": "yaml", "jupyter": "jupyterlab", "pillow": "PIL", "sc
 # What the readers accept, as patterns the JSON Schema (torchimages/json_schema.py) shares; each is written so that it
 # reads the same in ECMAScript (editors) as in Python, where \w, \s and [^\W_] are Unicode-aware (str.isalnum, str.isspace).
 PLAIN_STRING = re.compile(r"[^\s\x00-\x1f]*")  # no whitespace or control characters
-NAME_PATTERN = re.compile(r"[^\W_][\w+.:-]*")  # a letter or digit, then letters, digits and + - . _ : (never an --option)
+# Debian package names (Policy 5.6.1: lowercase ASCII letters, digits, + - .; at least two characters), with an
+# optional :architecture. ASCII only: the name goes into a Dockerfile, and a lookalike letter fails only there.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?")
 REQUIREMENT_PATTERN = re.compile(r"""[^\W_][^\s"'`$\\;]*""")  # a letter or digit first; no whitespace, quotes, $, \ or ;
 PACKAGE_KEYS = ("pip", "import")
 
@@ -80,10 +82,12 @@ def versions(r: Reader, path: Path_, value: Any) -> list[tuple[str, Path_]]:
     items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
     if isinstance(value, list) and not value:
         r.add(path, "must not be an empty list")
-    out = []
+    out: list[tuple[str, Path_]] = []
     for index, item in items:
         item_path = path if index is None else (*path, index)
-        if version_ok(r, item_path, item):
+        if any(str(item) == seen for seen, _ in out):
+            r.add(item_path, f"{str(item)!r} is listed twice")
+        elif version_ok(r, item_path, item):
             out.append((str(item), item_path))
     return out
 
@@ -95,7 +99,7 @@ def words(r: Reader, path: Path_, value: Any) -> tuple[str, ...]:
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, str) or not NAME_PATTERN.fullmatch(item):
-            r.add((*path, i), f"not a package name: {item!r}")
+            r.add((*path, i), f"not a Debian package name: {item!r} (lowercase a-z, digits, + - . and an optional :arch)")
         else:
             out.append(item)
     return tuple(out)

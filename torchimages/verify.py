@@ -35,14 +35,23 @@ def run_verify(engine: Engine, image: str, *, gpus: bool, extra_args: tuple[str,
 
 
 def parse_report(output: str, exit_code: int) -> VerifyReport:
-    """The JSON document is the last line starting with '{' (the script prints nothing else on stdout)."""
-    start = output.find('{"')
-    if start < 0:
-        raise VerifyError(f"torch-verify printed no JSON (exit {exit_code}): {output.strip()[-500:]}")
-    try:
-        data, _end = json.JSONDecoder().raw_decode(output[start:])
-    except json.JSONDecodeError as exc:
-        raise VerifyError(f"torch-verify printed unreadable JSON ({exc}): {output.strip()[-500:]}") from None
+    """torch-verify's document: the last line of the output that is a JSON object with "ok" and "checks".
+
+    Packages imported during verification may log lines of JSON of their own, before it or at exit.
+    """
+    data: dict[str, Any] | None = None
+    for line in reversed(output.splitlines()):
+        if not line.startswith("{"):
+            continue
+        try:
+            candidate = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(candidate, dict) and "ok" in candidate and "checks" in candidate:
+            data = candidate
+            break
+    if data is None:
+        raise VerifyError(f"torch-verify printed no report (exit {exit_code}): {output.strip()[-500:]}")
     if exit_code not in (0, 1):
         raise VerifyError(f"torch-verify exited {exit_code}: {output.strip()[-500:]}")
     gpu = data.get("gpu") or {}
@@ -95,31 +104,3 @@ def promise_problems(spec: ImageSpec, report: VerifyReport) -> list[str]:
         if report.packages.get(module) is None:
             problems.append(f"package {module} did not report a version")
     return problems
-
-
-def verified_labels(report: VerifyReport) -> dict[str, str]:
-    """Labels that record what verification saw; they replace the promised values on the released image."""
-    labels = {
-        "org.torch-images.verified": "true",
-        "org.torch-images.torch": report.torch or "none",
-        "org.torch-images.cuda": report.torch_cuda or "none",
-        "org.torch-images.cudnn": report.cudnn or "none",
-        "org.torch-images.python": report.python or "none",
-    }
-    for module in ("torchvision", "torchaudio"):
-        if report.packages.get(module):
-            labels[f"org.torch-images.{module}"] = str(report.packages[module])
-    return labels
-
-
-def report_from_labels(labels: dict[str, str]) -> VerifyReport:
-    """The inverse of verified_labels: what verification saw when a reused image was built."""
-
-    def seen(key: str) -> str | None:
-        value = labels.get(f"org.torch-images.{key}")
-        return None if value in (None, "none") else value
-
-    return VerifyReport(
-        ok=True, exit_code=0, torch=seen("torch"), torch_cuda=seen("cuda"), cudnn=seen("cudnn"), python=seen("python"), gpu=False,
-        packages={m: v for m in ("torchvision", "torchaudio") if (v := seen(m))}, output="reused: verified when it was built",
-    )  # fmt: skip

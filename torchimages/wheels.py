@@ -95,35 +95,38 @@ def pip_run(args: list[str], log: TextIO, *, what: str, isolated: bool = False, 
     command = [sys.executable, "-m", "pip", *args, *(["--progress-bar", "raw"] if on_download else [])]
     log.write(mask_credentials("$ " + " ".join(command)) + "\n")
     log.flush()
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pip_environment(isolated), bufsize=1
-    )
     timed_out = threading.Event()
-
-    def expire() -> None:
-        timed_out.set()
-        process.kill()
-
-    timer = threading.Timer(PIP_TIMEOUT, expire)
-    timer.start()
     output: list[str] = []
     current = ""
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if on_download and (progress := _PROGRESS.fullmatch(line.strip())):
-                on_download(current, int(progress["done"]), int(progress["total"]))
-                continue
-            if downloading := _DOWNLOADING.match(line.strip()):
-                current = downloading["name"].rsplit("/", 1)[-1]
-            output.append(line)
-            log.write(mask_credentials(line))
-        code = process.wait()
-    finally:
-        timer.cancel()
-        log.flush()
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pip_environment(isolated), bufsize=1
+    ) as process:
+
+        def expire() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(PIP_TIMEOUT, expire)
+        timer.start()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                if on_download and (progress := _PROGRESS.fullmatch(line.strip())):
+                    on_download(current, int(progress["done"]), int(progress["total"]))
+                    continue
+                if downloading := _DOWNLOADING.match(line.strip()):
+                    current = downloading["name"].rsplit("/", 1)[-1]
+                output.append(line)
+                log.write(mask_credentials(line))
+            code = process.wait()
+        except BaseException:
+            process.kill()  # nothing of ours reads its output any more: pip must not run on unseen
+            raise
+        finally:
+            timer.cancel()
+            log.flush()
     text = "".join(output)
-    if timed_out.is_set():
+    if code != 0 and timed_out.is_set():
         raise WheelError(f"{what}: pip ran past {PIP_TIMEOUT} s")
     if code != 0:
         raise WheelError(mask_credentials(f"{what}: " + (pip_reason(text) or f"pip exited {code}")))

@@ -8,10 +8,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import docker
 import pytest
 import yaml
 
 from torchimages.engine import Engine
+from torchimages.matrix import load_matrix
 from torchimages.model import BuildResult
 from torchimages.testing.testenv import in_registry
 
@@ -79,3 +81,29 @@ def test_push_to_a_stopped_registry_exits_non_zero_with_a_clear_message(
     assert "push of 127.0.0.1:5999/torch-images-test/nowhere" in output
     record = json.loads((tmp_path / "out" / "report.json").read_text())["images"][0]
     assert record["status"] == "failed" and record["pushed"] == []
+    assert record["verified"] is True  # verification passed; only the push failed, and the report says so
+
+
+def test_an_image_that_fails_verification_is_removed_and_never_reused(
+    engine: Engine, built: list[BuildResult], tmp_path: Path, untag_after: Callable[[Path], None]
+) -> None:
+    # The same wheels as the session's CPU image (its layers come from the cache), but a module that is not there.
+    config = _matrix(
+        tmp_path,
+        registry="127.0.0.1:5000",
+        repository="torch-images-test/unverified",
+        images=[yaml.safe_load(FIXTURE.read_text())["images"][0]],
+    )
+    data = yaml.safe_load(config.read_text())
+    data["packages"] = [{"pip": "tqdm", "import": "torch_images_no_such_module"} if p == "tqdm" else p for p in data["packages"]]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    untag_after(config)
+    marker = f"org.torch-images.packages={','.join(load_matrix(config).images[0].modules)}"
+    assert "torch_images_no_such_module" in marker
+    for attempt in range(2):  # the second run must not find (and reuse) what the first one built
+        done = _invoke("build", "--config", str(config), "--out-dir", str(tmp_path / f"out{attempt}"), "--wheelhouse", str(WHEELHOUSE))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "verification failed" in done.stdout and "torch_images_no_such_module" in done.stdout, done.stdout
+        assert "unchanged" not in done.stdout
+        leftovers = docker.from_env().api.images(filters={"label": marker}, quiet=True, all=True)
+        assert leftovers == [], f"the unverified image is still in the engine: {leftovers}"

@@ -50,6 +50,8 @@ def test_labels_carry_what_verification_saw(engine: Engine, built: list[BuildRes
         seen = result.verify
         labels = info.labels
         assert labels["org.torch-images.verified"] == "true"
+        assert labels["org.torch-images.verified-build"] == labels["org.torch-images.build-hash"]
+        assert labels["org.torch-images.verified-gpu"] in ("true", "false")
         assert labels["org.opencontainers.image.created"]
         if seen is not None:  # an unchanged image keeps the labels of the run that verified it
             assert labels["org.torch-images.torch"] == seen.torch

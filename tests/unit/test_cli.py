@@ -126,6 +126,7 @@ pytestmark = pytest.mark.filterwarnings("error")
         (("build", "--jobs", "0"), "--jobs must be at least 1, not 0"),
         (("run", "--jupyter-port", "http"), "--jupyter-port must be a whole number, not 'http'"),
         (("run", "--gpus", "some"), "--gpus must be auto, all or none, not 'some'"),
+        (("run", "--tensorboard-port", "70000"), "--tensorboard-port must be at most 65535, not 70000"),
         (("run", "--jupyter", "--tensorboard", "runs", "--dry-run"), "--jupyter and --tensorboard start one server each"),
     ],
 )
@@ -147,6 +148,13 @@ def test_a_reader_that_stops_early_ends_the_task_quietly() -> None:
 def test_run_dry_run_prints_the_docker_command_for_the_chosen_image() -> None:
     done = invoke("run", "--config", "tests/fixtures/images.yaml", "--cuda", "13.0", "--gpus", "all", "--dry-run", "--", "python", "-V")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("docker run --rm --init --gpus all --ipc=host --user ")
+    assert done.stdout.startswith("docker run --rm --init -i --gpus all --ipc=host --user ")
     assert done.stdout.strip().endswith(":2.13.0-py3.11-cuda13.0-cudnn9-runtime-debian12 python -V")
     assert "2 images match; running 2.13.0-py3.11-cuda13.0-cudnn9-runtime-debian12" in done.stderr
+
+
+def test_run_from_a_project_folder_uses_the_checkout_s_matrix_and_mounts_the_project(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "invoke", "-r", str(ROOT), "run", "--cuda", "cpu", "--gpus", "none", "--dry-run", "--", "python", "-V"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f" -v {tmp_path}:/workspace " in done.stdout and ":2.14.1-py3.12-cpu-ubuntu24.04 python -V" in done.stdout

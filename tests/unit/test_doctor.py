@@ -286,6 +286,14 @@ def test_a_remote_engine_is_named_and_this_machines_hook_does_not_count() -> Non
     assert local.remote_engine is None
 
 
+def test_a_remote_engine_s_cuda_images_are_unknown_not_judged_by_this_machine_s_driver() -> None:
+    nvidia_there = facts(info=NVIDIA_INFO, environ={"DOCKER_HOST": "ssh://gpu-box"})  # no nvidia-smi on this laptop
+    diagnosis = assess(nvidia_there, FIXTURE)
+    assert names(diagnosis.unknown) == [s.name for s in FIXTURE if s.cuda]
+    assert names(diagnosis.runnable) == [s.name for s in FIXTURE if not s.cuda] and diagnosis.unrunnable == ()
+    assert "run `docker run --rm --gpus all IMAGE nvidia-smi` there" in diagnosis.unknown[0].reason
+
+
 # -- the matrix ---------------------------------------------------------------------------------------
 
 

@@ -107,3 +107,21 @@ def test_sdk_errors_become_engine_errors_naming_the_action() -> None:
 
     with pytest.raises(EngineError, match="cannot tag sha256:abc as r/A:t: invalid reference format"):
         engine_with(Refusing()).tag("sha256:abc", "r/A:t")
+
+
+def test_push_progress_adds_up_the_layers_and_counts_finished_ones_whole() -> None:
+    stream = [
+        {"status": "Preparing", "id": "aaa"},
+        {"status": "Preparing", "id": "bbb"},
+        {"status": "Layer already exists", "id": "ccc"},  # never reported a size: adds nothing
+        {"status": "Pushing", "id": "aaa", "progressDetail": {"current": 100, "total": 1000}},
+        {"status": "Pushing", "id": "bbb", "progressDetail": {"current": 50, "total": 200}},
+        {"status": "Pushing", "id": "aaa", "progressDetail": {"current": 600, "total": 1000}},
+        {"status": "Pushed", "id": "bbb", "progressDetail": {}},
+        {"status": "Pushed", "id": "aaa", "progressDetail": {}},
+        {"status": "latest: digest: sha256:123 size: 1"},
+        {"aux": {"Tag": "t", "Digest": "sha256:123", "Size": 1}},
+    ]
+    seen: list[tuple[int, int]] = []
+    engine_with(FakeApi(push=stream)).push("r/a:t", on_progress=lambda done, total: seen.append((done, total)))
+    assert seen[3:] == [(100, 1000), (150, 1200), (650, 1200), (800, 1200), (1200, 1200)]

@@ -130,6 +130,7 @@ SCHEMA_ERRORS = {
     "missing-field": "required",
     "not-a-mapping": "type",
     "option-as-apt-package": "pattern",
+    "lookalike-apt-package": "pattern",
     "option-as-package": "pattern",
     "unknown-key": "additionalProperties",
     "unknown-top-key": "additionalProperties",

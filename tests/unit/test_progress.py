@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from torchimages.progress import StatusLine, describe, human_bytes
@@ -89,3 +90,39 @@ def test_pip_raw_progress_reaches_the_callback_and_stays_out_of_the_log(tmp_path
     assert seen == [(name, 450000000, 900000000), (name, 900000000, 900000000)]
     assert "Progress" not in log.getvalue() and "Saved ./torch" in log.getvalue()
     assert sys.executable in log.getvalue()
+
+
+def fake_pip(tmp_path: Path, monkeypatch, body: str) -> None:
+    package = tmp_path / "fakepip" / "pip"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(textwrap.dedent(body))
+    monkeypatch.setenv("PYTHONPATH", str(package.parent))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_a_pip_that_runs_too_long_is_killed_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    from torchimages import wheels
+
+    fake_pip(tmp_path, monkeypatch, "import time\nprint('Collecting torch', flush=True)\ntime.sleep(60)\n")
+    monkeypatch.setattr(wheels, "PIP_TIMEOUT", 1)
+    started = time.monotonic()
+    with pytest.raises(wheels.WheelError, match="pip ran past 1 s"):
+        pip_run(["download", "torch"], io.StringIO(), what="fetching")
+    assert time.monotonic() - started < 30
+
+
+def test_a_failing_progress_callback_stops_pip_too(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    fake_pip(tmp_path, monkeypatch, "import time\nprint('Progress 1 of 2', flush=True)\ntime.sleep(60)\n")
+    started = time.monotonic()
+
+    def broken(*_: object) -> None:
+        raise BrokenPipeError("the terminal went away")
+
+    with pytest.raises(BrokenPipeError):
+        pip_run(["download", "torch"], io.StringIO(), what="fetching", on_download=broken)
+    assert time.monotonic() - started < 30  # pip was killed and reaped, not waited for

@@ -21,6 +21,8 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
         ("https://github.com/team/torch-images.git", "https://github.com/team/torch-images"),
         ("https://x-access-token:ghs_secret@github.com/team/torch-images", "https://github.com/team/torch-images"),
         ("ssh://git@gitlab.example.com:2222/group/sub/repo.git", "https://gitlab.example.com/group/sub/repo"),
+        ("https://gitlab.com/group/repo.git?private_token=abc#frag", "https://gitlab.com/group/repo"),
+        ("C:repo", None),
         ("/work/main", None),
         ("file:///work/main", None),
         ("../torch-images", None),
@@ -74,32 +76,47 @@ def test_the_base_digest_comes_from_the_repository_the_base_was_pulled_from() ->
 
 def plan(**overrides):
     values = {"image": "repo/pytorch:tag", "command": [], "gpus": False, "cwd": Path("/home/me/project"), "uid": 1234, "gid": 99}
-    return launch.plan_run(**{**values, "tty": False, **overrides})
+    return launch.plan_run(**{**values, "stdin_tty": False, "stdout_tty": False, "free": lambda port: True, **overrides})
+
+
+def published(argv: tuple[str, ...]) -> list[str]:
+    return [argv[i + 1] for i, word in enumerate(argv) if word == "-p"]
 
 
 def test_run_mounts_the_directory_as_the_caller_with_host_ipc_and_loopback_ports() -> None:
     argv = plan(command=["python", "train.py", "--lr", "0.1 0.2"]).argv
     assert argv[:2] == ("docker", "run") and "--rm" in argv
-    assert "--ipc=host" in argv and "--gpus" not in argv and "-t" not in argv
+    assert "--ipc=host" in argv and "--gpus" not in argv
+    assert "-i" in argv and "-t" not in argv  # piped input reaches the command; no terminal, no -t
     assert argv[argv.index("--user") + 1] == "1234:99"
     assert argv[argv.index("-v") + 1] == "/home/me/project:/workspace"
-    published = [argv[i + 1] for i, word in enumerate(argv) if word == "-p"]
-    assert published == ["127.0.0.1:8888:8888", "127.0.0.1:6006:6006"]
+    assert published(argv) == ["127.0.0.1:8888:8888", "127.0.0.1:6006:6006"]
     assert argv[-5:] == ("repo/pytorch:tag", "python", "train.py", "--lr", "0.1 0.2")
 
 
 def test_run_with_gpus_and_a_terminal() -> None:
-    argv = plan(gpus=True, tty=True).argv
+    argv = plan(gpus=True, stdin_tty=True, stdout_tty=True).argv
     assert argv[argv.index("--gpus") + 1] == "all"
     assert "-i" in argv and "-t" in argv
     assert argv[-1] == "repo/pytorch:tag"
+    assert "-t" not in plan(stdin_tty=True, stdout_tty=False).argv  # `invoke run ... | tee log`
+
+
+def test_a_port_in_use_is_skipped_for_a_command_and_refused_for_its_server() -> None:
+    busy = {8888}
+    result = plan(command=["python", "-V"], free=lambda port: port not in busy)
+    assert published(result.argv) == ["127.0.0.1:6006:6006"]
+    assert result.notes == ("127.0.0.1:8888 is in use: jupyter's port is not published this time",)
+    with pytest.raises(ValueError, match="127.0.0.1:8888 is in use; give --jupyter-port another port"):
+        plan(jupyter=True, token="t", free=lambda port: port not in busy)
+    assert published(plan(tensorboard="runs", cwd=Path("/tmp"), free=lambda port: port not in busy).argv) == ["127.0.0.1:6006:6006"]
 
 
 def test_jupyter_gets_its_token_through_the_environment_only() -> None:
     result = plan(jupyter=True, token="s3cret", jupyter_port=9999)
     assert result.env == {"JUPYTER_TOKEN": "s3cret"}
     assert not any("s3cret" in word for word in result.argv)
-    assert "127.0.0.1:9999:8888" in result.argv and result.argv[result.argv.index("-e") + 1] == "JUPYTER_TOKEN"
+    assert published(result.argv) == ["127.0.0.1:9999:8888"] and result.argv[result.argv.index("-e") + 1] == "JUPYTER_TOKEN"
     assert result.argv[result.argv.index("repo/pytorch:tag") + 1 :][:2] == ("jupyter", "lab")
     assert result.notes == ("jupyter: http://127.0.0.1:9999/lab?token=s3cret",)
 
@@ -110,6 +127,29 @@ def test_tensorboard_logdir_is_mapped_into_the_workspace(tmp_path: Path) -> None
     assert result.notes == ("tensorboard: http://127.0.0.1:6006/ (logs: /workspace/runs/exp1)",)
     with pytest.raises(ValueError, match="only the current directory is mounted"):
         plan(tensorboard="../elsewhere", cwd=tmp_path)
+
+
+class Unreachable:
+    def __init__(self) -> None:
+        from torchimages.engine import EngineUnavailable
+
+        raise EngineUnavailable("no Docker engine answered")
+
+
+class WithRuntime:
+    def has_nvidia_runtime(self) -> bool:
+        return True
+
+
+def test_gpu_detection_asks_the_engine_even_for_a_dry_run() -> None:
+    from torchimages.engine import EngineUnavailable
+
+    assert launch.detect_gpus("auto", dry_run=True, engine_factory=WithRuntime) == (True, None)  # type: ignore[arg-type]
+    assert launch.detect_gpus("all", dry_run=False, engine_factory=Unreachable) == (True, None)  # type: ignore[arg-type]
+    gpus, note = launch.detect_gpus("auto", dry_run=True, engine_factory=Unreachable)  # type: ignore[arg-type]
+    assert gpus is False and note is not None and "give --gpus all" in note
+    with pytest.raises(EngineUnavailable):
+        launch.detect_gpus("auto", dry_run=False, engine_factory=Unreachable)  # type: ignore[arg-type]
 
 
 def test_servers_and_commands_do_not_mix() -> None:

@@ -390,7 +390,7 @@ def test_unimportable_torch_is_a_failed_check(empty_labels: Path) -> None:
         preamble="import sys; sys.modules['torch'] = None",
     )
     assert proc.returncode == 1, proc.stderr
-    # torchimages.verify.parse_report looks for one line starting with '{"' in the container log
+    # torchimages.verify.parse_report takes the last line of the container log that is a JSON object
     assert proc.stdout.startswith('{"')
     assert proc.stdout.count("\n") == 1
     check = checks_by_name(json.loads(proc.stdout))["torch.version"]

@@ -1,0 +1,214 @@
+"""The verification gate, against a fake engine: nothing unverified is tagged, pushed, reused or left behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from torchimages import labels as contract
+from torchimages import pipeline
+from torchimages.engine import ImageInfo, RunResult
+from torchimages.matrix import load_matrix
+from torchimages.model import ImageSpec
+from torchimages.wheels import WheelSet
+
+ROOT = Path(__file__).parents[2]
+MATRIX = load_matrix(ROOT / "tests" / "fixtures" / "images.yaml")
+CPU = next(s for s in MATRIX.images if s.cuda is None)
+CUDA = next(s for s in MATRIX.images if s.cuda and s.flavour == "runtime")
+
+
+def verify_output(spec: ImageSpec, **changes: object) -> str:
+    """What torch-verify --json prints for an image that keeps every promise (changes break one)."""
+    torch = next(b for b in spec.family if b.name == "torch")
+    packages: dict[str, object] = dict.fromkeys(spec.modules, "1.0")
+    packages.update({b.name: b.version for b in spec.family if b.name != "torch"})
+    document = {
+        "ok": True, "torch": torch.version if "+" in torch.version else f"{torch.version}+{torch.variant}",
+        "torch_cuda": spec.wheel_cuda, "cudnn": f"{spec.cudnn}.20.0" if spec.cudnn else None, "python": spec.python,
+        "gpu": {"available": False}, "packages": packages, "checks": [{"name": "torch.version", "status": "pass", "detail": ""}],
+    }  # fmt: skip
+    document.update(changes)
+    return "torch-verify log line\n" + json.dumps(document) + "\n"
+
+
+@dataclass
+class FakeEngine:
+    """The engine methods the pipeline uses, with Docker's label inheritance: a build starts from its base's labels."""
+
+    verify: str = ""
+    verify_exit: int = 0
+    base_labels: dict[str, str] = field(default_factory=dict)
+    images: dict[str, ImageInfo] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    pushed: list[str] = field(default_factory=list)
+    builds: int = 0
+    verified_with_gpus: list[bool] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def image(self, ref: str) -> ImageInfo | None:
+        if ref == CPU.base_image or ref == CUDA.base_image:
+            return ImageInfo(id="sha256:base", size=1, labels=dict(self.base_labels), repo_digests=(f"{ref.rsplit(':', 1)[0]}@sha256:b",))
+        return self.images.get(self.tags.get(ref, ref))
+
+    def images_with_label(self, key: str, value: str) -> list[ImageInfo]:
+        return [info for info in self.images.values() if info.labels.get(key) == value]
+
+    def has_nvidia_runtime(self) -> bool:
+        return False
+
+    def build(self, context: bytes, *, log: object, labels: dict[str, str] | None = None, on_step: object = None) -> str:
+        with tarfile.open(fileobj=io.BytesIO(context)) as tar:
+            member = tar.extractfile("Dockerfile")
+            assert member is not None
+            dockerfile = member.read().decode()
+        parent = dockerfile.split("FROM ", 1)[1].split()[0]
+        if parent in (CPU.base_image, CUDA.base_image):  # the image's own Dockerfile: its labels are the promise
+            inherited = dict(self.base_labels)
+        else:  # the seal: FROM the built image, then one `LABEL key="value"` per line
+            inherited = dict(self.images[parent].labels)
+            for line in dockerfile.splitlines()[1:]:
+                key, value = line.removeprefix("LABEL ").split("=", 1)
+                inherited[key] = json.loads(value)
+        self.builds += 1
+        image_id = f"sha256:{self.builds:064x}"
+        self.images[image_id] = ImageInfo(id=image_id, size=10, labels={**inherited, **(labels or {})})
+        return image_id
+
+    def run(self, image: str, command: list[str], *, timeout: float = 0, gpus: bool = False, **_: object) -> RunResult:
+        assert image in self.images, f"running {image}, which is not there"
+        self.verified_with_gpus.append(gpus)
+        return RunResult(exit_code=self.verify_exit, output=self.verify)
+
+    def tag(self, image_id: str, ref: str) -> None:
+        self.tags[ref] = image_id
+
+    def push(self, ref: str, *, log: object) -> str:
+        self.pushed.append(ref)
+        return "sha256:" + "d" * 64
+
+    def remote_digest(self, ref: str) -> str:
+        return "sha256:" + "d" * 64
+
+    def remove_image(self, ref: str, *, force: bool = False) -> None:
+        self.removed.append(ref)
+        self.images.pop(ref, None)
+
+
+def build(engine: FakeEngine, spec: ImageSpec, tmp_path: Path, **options: object):
+    return pipeline._build_one(
+        engine, spec, WheelSet(lock="torch==2.13.0\n", files=()), MATRIX,  # type: ignore[arg-type]
+        pipeline.BuildOptions(out_dir=tmp_path, **options), pipeline._Console(io.StringIO().write), tmp_path,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [CPU, CUDA], ids=["cpu", "cuda"])
+def test_a_verified_image_is_sealed_tagged_and_pushed(spec: ImageSpec, tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(spec))
+    result = build(engine, spec, tmp_path, push=True)
+    assert (result.status, result.verified, result.error) == ("built", True, None)
+    final = engine.images[result.image_id]
+    assert final.labels[contract.VERIFIED] == "true"
+    assert final.labels[contract.VERIFIED_BUILD] == final.labels[contract.BUILD_HASH]
+    assert final.labels[contract.VERIFIED_GPU] == "false"
+    assert final.labels[contract.TORCH] == json.loads(engine.verify.splitlines()[-1])["torch"]
+    assert {engine.tags[ref] for ref in spec.refs} == {result.image_id}
+    assert engine.pushed == list(spec.refs)
+
+
+@pytest.mark.parametrize(
+    ("spec", "change", "reason"),
+    [
+        (CPU, {"torch": "2.13.0+cu130", "torch_cuda": "13.0"}, "torch is 2.13.0+cu130, the matrix promised 2.13.0+cpu"),
+        (CUDA, {"torch_cuda": None}, "torch is a CPU build, the matrix promised CUDA 13.0"),
+        (CUDA, {"cudnn": "8.9.7"}, "cuDNN is 8.9.7, the matrix promised cuDNN 9"),
+        (CPU, {"python": "3.12"}, "python is 3.12, the matrix promised 3.11"),
+    ],
+    ids=["cuda-torch-in-cpu-image", "cpu-torch-in-cuda-image", "cudnn", "python"],
+)
+def test_a_broken_promise_fails_even_when_torch_verify_passed(spec: ImageSpec, change: dict, reason: str, tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(spec, **change))
+    result = build(engine, spec, tmp_path, push=True)
+    assert result.status == "failed" and result.verified is False
+    assert reason in (result.error or "")
+    assert engine.tags == {} and engine.pushed == []
+    assert all(contract.VERIFIED not in info.labels for info in engine.images.values())
+
+
+def test_a_failing_torch_verify_is_neither_tagged_nor_pushed_and_the_image_goes(tmp_path: Path) -> None:
+    output = verify_output(CPU, ok=False, checks=[{"name": "package.scipy", "status": "fail", "detail": "ImportError"}])
+    engine = FakeEngine(verify=output, verify_exit=1)
+    result = build(engine, CPU, tmp_path, push=True)
+    assert result.status == "failed" and "package.scipy: ImportError" in (result.error or "")
+    assert engine.tags == {} and engine.pushed == []
+    assert engine.removed == ["sha256:" + f"{1:064x}"] and engine.images == {}
+
+
+def test_a_seal_inherited_from_the_base_is_not_trusted(tmp_path: Path) -> None:
+    # A base that is itself one of our verified images (or a hostile mirror's) carries every verification label.
+    forged = {contract.VERIFIED: "true", contract.VERIFIED_BUILD: "f" * 64, contract.BUILD_HASH: "f" * 64, contract.VERIFIED_GPU: "true"}
+    engine = FakeEngine(verify=verify_output(CPU, ok=False), verify_exit=1, base_labels=forged)
+    first = build(engine, CPU, tmp_path, push=True)
+    assert first.status == "failed"
+    engine.verify, engine.verify_exit = verify_output(CPU), 0
+    second = build(engine, CPU, tmp_path, push=True)
+    assert second.status == "built", "an unverified image was reused"
+    assert engine.builds == 3  # the failed build, then a new build and its seal: nothing was reused
+
+
+def test_an_image_verified_without_gpus_is_not_reused_by_a_run_with_gpus(tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(CUDA))
+    assert build(engine, CUDA, tmp_path).status == "built"
+    assert build(engine, CUDA, tmp_path).status == "unchanged"  # the same mode: reused
+    builds = engine.builds
+    again = build(engine, CUDA, tmp_path, gpus="all")
+    assert again.status == "built" and engine.builds > builds
+    assert engine.verified_with_gpus == [False, True]
+    assert engine.images[again.image_id].labels[contract.VERIFIED_GPU] == "true"
+    assert build(engine, CUDA, tmp_path, gpus="none").status == "unchanged"  # a GPU seal serves a run without GPUs
+
+
+def test_the_seal_must_match_the_image_s_own_build_hash() -> None:
+    sealed = {contract.VERIFIED: "true", contract.VERIFIED_BUILD: "a" * 64, contract.BUILD_HASH: "a" * 64, contract.VERIFIED_GPU: "false"}
+    assert contract.sealed(sealed, "a" * 64, gpus=False)
+    assert not contract.sealed(sealed, "a" * 64, gpus=True)
+    assert not contract.sealed({**sealed, contract.BUILD_HASH: "b" * 64}, "b" * 64, gpus=False)
+    assert not contract.sealed({**sealed, contract.VERIFIED: "false"}, "a" * 64, gpus=False)
+    assert not contract.sealed({contract.VERIFIED: "true", contract.BUILD_HASH: "a" * 64}, "a" * 64, gpus=False)
+
+
+def test_the_report_is_torch_verify_s_document_whatever_the_packages_log_around_it() -> None:
+    from torchimages.verify import VerifyError, parse_report
+
+    logged = '{"event": "telemetry disabled"}\nWARNING {"not": json\n' + verify_output(CPU) + '{"event": "atexit"}\n'
+    report = parse_report(logged, 0)
+    assert report.ok and report.torch == "2.13.0+cpu" and report.checks[0].name == "torch.version"
+    failed = verify_output(CPU, ok=False) + '{"ok": true}\n'  # a package's JSON with an "ok" of its own
+    assert parse_report(failed, 1).ok is False
+    with pytest.raises(VerifyError, match="no report"):
+        parse_report('{"event": "a package logged this"}\nTraceback ...\n', 1)
+
+
+class FlakyRegistry(FakeEngine):
+    """Takes the first push, then refuses for good."""
+
+    def push(self, ref: str, *, log: object) -> str:
+        if self.pushed:
+            from torchimages.engine import PushError
+
+            raise PushError(f"push of {ref} failed: denied: requested access to the resource is denied", transient=False)
+        return super().push(ref, log=log)
+
+
+def test_a_push_that_fails_midway_reports_verified_and_what_was_pushed(tmp_path: Path) -> None:
+    engine = FlakyRegistry(verify=verify_output(CPU))
+    result = build(engine, CPU, tmp_path, push=True)
+    assert result.status == "failed" and "denied" in (result.error or "")
+    assert result.verified is True and result.verify is not None and result.verify.ok
+    assert [p.ref for p in result.pushed] == [CPU.refs[0]] and result.tags == CPU.refs
+    assert result.image_id in engine.images
