@@ -147,7 +147,7 @@ def build(
     dry_run: bool = False,
 ) -> None:
     """Render, build, verify, tag (and push) every matching image of the matrix."""
-    from torchimages.pipeline import BuildOptions, build_images
+    from torchimages.pipeline import BuildOptions, Interrupted, build_images
 
     _check_gpus(gpus)
     workers = _whole_number("--jobs", jobs)
@@ -165,7 +165,14 @@ def build(
             push=push, jobs=workers, gpus=gpus, rebuild=rebuild, out_dir=Path(out_dir).resolve(),
             shared_wheelhouse=Path(wheelhouse).resolve() if wheelhouse else None,
         )  # fmt: skip
-        results = build_images(matrix, specs, options)
+        try:
+            results = build_images(matrix, specs, options)
+        except Interrupted as stopped:
+            print(Path(out_dir, "report.md").read_text())
+            left = [r.spec.name for r in stopped.results if r.status == "cancelled"]
+            raise Exit(
+                f"{stopped}: {len(left)} of {len(stopped.results)} images cancelled (see {out_dir}/report.md)", code=128 + stopped.signum
+            ) from None
     print(Path(out_dir, "report.md").read_text())
     failed = [r for r in results if r.status == "failed"]
     for result in failed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,26 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        where = f"{printable(self.file)}:{self.line}:{self.col}"
+        field, message = printable(self.field), printable(self.message)
+        return f"{where}: {field}: {message}" if field else f"{where}: {message}"
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text from an input file as one safe line: control characters (an ANSI escape, a newline, a bidi override) as
+    escapes, and the userinfo of any URL (an index's password) masked."""
+    return mask_credentials(_UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text))
+
+
+_USERINFO = re.compile(r"(?<=://)[^/\s]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """https://user:token@host/... -> https://***@host/...: index URLs may carry secrets; logs and messages must not."""
+    return _USERINFO.sub("***@", text)
 
 
 class ConfigError(Exception):
@@ -95,11 +114,15 @@ def load_document(path: Path | str, text: str | None = None) -> Document:
     name = str(path)
     if text is None:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with open(path, "rb") as stream:
+                raw = stream.read(MAX_BYTES + 1)  # /dev/zero, or a log passed by mistake, ends here
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise ConfigError([Problem(name, 1, 1, "", "file not found")]) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([Problem(name, 1, 1, "", f"cannot read file: {exc}")]) from None
+        if len(raw) > MAX_BYTES:
+            raise ConfigError([Problem(name, 1, 1, "", f"larger than {MAX_BYTES // 1000} kB; a matrix file is far smaller")])
     doc = Document(file=name, data=None)
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
@@ -109,9 +132,13 @@ def load_document(path: Path | str, text: str | None = None) -> Document:
         raise ConfigError([Problem(name, line, col, "", f"YAML syntax error: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:  # reader errors (bad bytes) carry no problem_mark
         raise ConfigError([Problem(name, 1, 1, "", f"YAML error: {exc}")]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively: `[[[[...` thousands deep
+        raise ConfigError([Problem(name, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels; a matrix file needs 4")]) from None
     if len(nodes) > 1:
         mark = nodes[1].start_mark
         raise ConfigError([Problem(name, mark.line + 1, 1, "", "expected one YAML document, found several")])
+    if nodes and _depth(nodes[0]) > MAX_DEPTH:
+        raise ConfigError([Problem(name, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels; a matrix file needs 4")])
     try:
         doc.data = _convert(doc, nodes[0], (), ()) if nodes else None
     except _TooLarge:
@@ -122,6 +149,24 @@ def load_document(path: Path | str, text: str | None = None) -> Document:
 
 
 MAX_VALUES = 100_000  # an alias bomb expands without end; no real matrix comes near this
+MAX_BYTES = 1_000_000  # the shipped matrix is a few kB
+MAX_DEPTH = 32  # the deepest real path is images[i].packages[j].pip
+
+
+def _depth(root: yaml.Node) -> int:
+    """How deeply the document nests, counted without recursion (a deep file must not blow Python's stack)."""
+    deepest, stack, seen = 0, [(root, 1)], set()
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if id(node) in seen or depth > MAX_DEPTH:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((value, depth + 1) for _, value in node.value)
+    return deepest
 
 
 class _TooLarge(Exception):

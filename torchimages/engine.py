@@ -10,6 +10,8 @@ import io
 import os
 import re
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -55,6 +57,10 @@ class PushError(EngineError):
 
 class PullError(EngineError):
     """The pull stream reported an error."""
+
+
+class Cancelled(EngineError):
+    """An interrupt stopped the operation (the engine was told to cancel)."""
 
 
 class RunTimeout(EngineError):
@@ -121,6 +127,17 @@ class Engine:
                 f"no Docker engine answered ({exc}); start one (`invoke testenv` does, as root) or set DOCKER_HOST"
             ) from None
         self._api = self._client.api
+        # Set by cancel(): builds, pushes and containers in progress stop at their next chunk or second.
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop what runs: a build or push stream is closed (dockerd then cancels it), a container is killed."""
+        self.cancelled.set()
+
+    def _check(self, stream: Any, what: str) -> None:
+        if self.cancelled.is_set():
+            stream.close()  # closing the connection makes dockerd cancel the build or push, and remove its container
+            raise Cancelled(f"{what} stopped by an interrupt")
 
     # -- information ----------------------------------------------------------------------
 
@@ -193,6 +210,7 @@ class Engine:
                 nocache=nocache, timeout=timeout,
             )  # fmt: skip
             for chunk in stream:
+                self._check(stream, "the build")
                 if "stream" in chunk:
                     text = str(chunk["stream"])
                     log.write(text)
@@ -249,11 +267,7 @@ class Engine:
             raise EngineError(f"cannot create a container from {image}: {exc.explanation or exc}") from None
         try:
             container.start()
-            try:
-                status = container.wait(timeout=timeout)
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                container.kill()
-                raise RunTimeout(f"{command[0]} in {image} ran past {timeout:.0f} s and was killed") from None
+            status = self._wait(container, timeout, what=f"{command[0]} in {image}")
             output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
             return RunResult(exit_code=int(status.get("StatusCode", -1)), output=output)
         except docker.errors.APIError as exc:
@@ -263,6 +277,24 @@ class Engine:
                 container.remove(force=True)
             except docker.errors.APIError:
                 pass
+
+    def _wait(self, container: Any, timeout: float, *, what: str) -> dict[str, Any]:
+        """Wait for a container, a second at a time so that an interrupt kills it promptly."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return dict(container.wait(timeout=1))
+            except requests.exceptions.ReadTimeout:
+                pass
+            except requests.exceptions.ConnectionError as exc:
+                if "timed out" not in str(exc).lower():  # urllib3 reports some read timeouts this way; anything else is a lost engine
+                    raise EngineError(f"lost the Docker engine while waiting for {what}: {exc}") from None
+            if self.cancelled.is_set():
+                container.kill()
+                raise Cancelled(f"{what} stopped by an interrupt")
+            if time.monotonic() > deadline:
+                container.kill()
+                raise RunTimeout(f"{what} ran past {timeout:.0f} s and was killed")
 
     def start_service(self, image: str, command: list[str], *, ports: dict[str, tuple[str, int]], name: str) -> Service:
         """Start a long-running container with ports published on loopback; stop it with Service.stop()."""
@@ -303,7 +335,9 @@ class Engine:
         digest: str | None = None
         layers: dict[str, tuple[int, int]] = {}  # layer id -> (sent, size) as the stream reports them
         try:
-            for chunk in self._api.push(repository, tag=tag, stream=True, decode=True):
+            stream = self._api.push(repository, tag=tag, stream=True, decode=True)
+            for chunk in stream:
+                self._check(stream, f"the push of {ref}")
                 if on_progress is not None and chunk.get("id"):
                     detail = chunk.get("progressDetail") or {}
                     sent, size = layers.get(chunk["id"], (0, 0))

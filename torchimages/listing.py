@@ -6,9 +6,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .config import mask_credentials
 from .lock import Lock
 from .model import ImageSpec
-from .wheels import WheelError, mask_credentials
+from .wheels import WheelError
 
 
 def spec_record(spec: ImageSpec) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from .config import mask_credentials
 from .model import INSTALLER, ImageSpec, exact_requirement
-from .wheels import WheelError, mask_credentials, pip_configuration, pip_run, pip_version, platform_tags, sha256_file
+from .wheels import WheelError, pip_configuration, pip_run, pip_version, platform_tags, sha256_file
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,19 @@ def target_args(spec: ImageSpec) -> list[str]:
     return args
 
 
-def index_args(spec: ImageSpec, indexes: Indexes) -> list[str]:
-    """Index options (after pip's command): PyPI (or the configured/replica index) plus the image's PyTorch index folders."""
-    args = ["--disable-pip-version-check"]
+def index_env(spec: ImageSpec, indexes: Indexes) -> dict[str, str]:
+    """pip's indexes: PyPI (or the configured/replica index) plus the image's PyTorch index folders.
+
+    They reach pip through its environment, never its command line: an index URL may hold a password,
+    and any local user can read a command line in /proc.
+    """
+    env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     if indexes.index_url:
-        args += ["--index-url", indexes.index_url]
-    for url in dict.fromkeys(spec.wheel_indexes.values()):  # torchaudio 2.11 may come from another variant's folder
-        args += ["--extra-index-url", url]
-    return args
+        env["PIP_INDEX_URL"] = indexes.index_url
+    extra = list(dict.fromkeys(spec.wheel_indexes.values()))  # torchaudio 2.11 may come from another variant's folder
+    if extra:
+        env["PIP_EXTRA_INDEX_URL"] = " ".join(extra)
+    return env
 
 
 def lock_inputs(spec: ImageSpec, indexes: Indexes) -> str:
@@ -108,7 +114,7 @@ def lock_inputs(spec: ImageSpec, indexes: Indexes) -> str:
     data = {
         "requirements": spec.requirements,
         "target": target_args(spec),
-        "indexes": index_args(spec, indexes),
+        "indexes": index_env(spec, indexes),
         "isolated": indexes.isolated,
         "pip": pip_version(),
         "pip configuration": pip_configuration(indexes.isolated),  # pip.conf and PIP_*: other indexes, find-links
@@ -121,10 +127,10 @@ def resolve(spec: ImageSpec, indexes: Indexes, *, log: TextIO) -> Lock:
     with tempfile.TemporaryDirectory(prefix="torch-images-lock-") as tmp:
         report = Path(tmp) / "report.json"
         args = [
-            "install", *index_args(spec, indexes), "--dry-run", "--ignore-installed", "--quiet",
+            "install", "--dry-run", "--ignore-installed", "--quiet",
             "--target", str(Path(tmp) / "target"), "--report", str(report), *target_args(spec),
         ]  # fmt: skip
-        pip_run([*args, *spec.requirements], log, what="pip", isolated=indexes.isolated)
+        pip_run([*args, *spec.requirements], log, what="pip", isolated=indexes.isolated, env=index_env(spec, indexes))
         data = json.loads(report.read_text())
     files = tuple(sorted((_locked(spec, item) for item in data.get("install", [])), key=lambda f: f.name.lower()))
     lock = Lock(image=spec.name, inputs=lock_inputs(spec, indexes), files=files)

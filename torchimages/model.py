@@ -168,7 +168,7 @@ class BuildResult:
     """The outcome of one image through the whole pipeline."""
 
     spec: ImageSpec
-    status: str  # built | skipped-unchanged | failed
+    status: str  # built | unchanged | failed | cancelled (an interrupt stopped it; see error for where)
     image_id: str | None = None
     verified: bool = False
     verify: VerifyReport | None = None

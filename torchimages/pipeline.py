@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from . import labels as contract
-from .engine import Engine, EngineError, ImageInfo
+from .engine import Cancelled, Engine, EngineError, ImageInfo
 from .lock import Indexes
 from .matrix import Matrix
 from .model import BuildResult, ImageSpec, PushResult, VerifyReport
 from .progress import Meter, StatusLine
 from .provenance import base_digest, source_labels
-from .publish import PartialPush, push_refs, tag_image
+from .publish import PartialCancel, PartialPush, push_refs, tag_image
 from .render import ROOT, RenderError, context_files, context_tar, dockerfile_quote, render_dockerfile
 from .report import write_reports
 from .verify import VerifyError, gpus_wanted, promise_problems, run_verify
@@ -78,26 +81,64 @@ def build_images(
     logs = options.out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     wheelhouse = options.wheelhouse
-    with open(logs / "wheels.log", "w") as wheel_log:
-        meter = console.meter("wheels", "downloading")
-        wheel_sets = fetch_wheels(
-            specs, wheelhouse, options.locks, options.indexes, log=wheel_log, say=status.say if status else say,
-            on_download=(lambda name, done, total: meter(done, total, what=f"downloading {name}")) if meter else None,
-        )  # fmt: skip
-        if meter:
-            meter.close()
     results: dict[str, BuildResult] = {}
     source = source_labels(ROOT)
-    with WheelServer(wheelhouse, matrix.wheel_port), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        futures = {
-            spec.name: pool.submit(_build_one, engine, spec, wheel_sets[spec.name], matrix, options, console, logs, source)
-            for spec in specs
-        }
-        for name, future in futures.items():
-            results[name] = future.result()
+    stop = threading.Event()
+    with _interrupts(engine, stop) as received:
+        with open(logs / "wheels.log", "w") as wheel_log:
+            meter = console.meter("wheels", "downloading")
+            wheel_sets = fetch_wheels(
+                specs, wheelhouse, options.locks, options.indexes, log=wheel_log, say=status.say if status else say,
+                on_download=(lambda name, done, total: meter(done, total, what=f"downloading {name}")) if meter else None,
+            )  # fmt: skip
+            if meter:
+                meter.close()
+        with WheelServer(wheelhouse, matrix.wheel_port), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+            futures = {
+                spec.name: pool.submit(_build_one, engine, spec, wheel_sets[spec.name], matrix, options, console, logs, source, stop)
+                for spec in specs
+            }
+            for name, future in futures.items():
+                results[name] = future.result()
     ordered = [results[spec.name] for spec in specs]
     write_reports(ordered, options.out_dir)
+    if received:
+        raise Interrupted(received[0], ordered)
     return ordered
+
+
+class Interrupted(Exception):
+    """A signal stopped the run; the reports were written with each image's state."""
+
+    def __init__(self, signum: int, results: list[BuildResult]) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+        self.results = results
+
+
+@contextmanager
+def _interrupts(engine: Engine, stop: threading.Event) -> Iterator[list[int]]:
+    """SIGINT/SIGTERM: no new image starts and what runs is cancelled; a second signal aborts at once."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
+        yield received
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        stop.set()
+        engine.cancel()
+        # os.write, not print: the interrupted code may hold the console's lock.
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping; nothing more is tagged or pushed (again to abort at once)\n".encode())
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def build_hash(context: bytes, base_id: str) -> str:
@@ -116,6 +157,7 @@ def _build_one(
     console: _Console,
     logs: Path,
     source: dict[str, str] | None = None,
+    stop: threading.Event | None = None,
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
@@ -128,6 +170,14 @@ def _build_one(
         fields = {**done, **extra}
         return BuildResult(spec=spec, status="failed", error=message, seconds=time.monotonic() - started, **fields)  # type: ignore[arg-type]
 
+    def cancelled(where: str) -> BuildResult:
+        console(spec.name, f"cancelled {where}")
+        return BuildResult(spec=spec, status="cancelled", error=f"interrupted {where}", seconds=time.monotonic() - started, **done)  # type: ignore[arg-type]
+
+    stopped = stop.is_set if stop else (lambda: False)
+    unsealed: list[str] = []
+    if stopped():
+        return cancelled("before it started")
     if isinstance(wheel_set, WheelError):
         log_path.write_text(f"{wheel_set}\nsee {logs / 'wheels.log'}\n")
         return failed(str(wheel_set))
@@ -152,6 +202,7 @@ def _build_one(
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
                 built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step))
+                unsealed.append(built)
                 console(spec.name, "verifying (torch-verify inside the image)")
                 report = run_verify(engine, built, gpus=gpus)
                 log.write("\n--- torch-verify ---\n" + report.output + "\n")
@@ -160,12 +211,17 @@ def _build_one(
                     _discard(engine, built, log)
                     return failed("verification failed: " + "; ".join(problems or ["torch-verify reported failure"]), verify=report)
                 image_id = _finalize(engine, built, report, log, build_hash=inputs, gpus=gpus)
+                unsealed.clear()
                 status = "built"
+            if stopped():  # sealed, so a later run may reuse it, but not tagged now
+                return cancelled("after verification, before tagging")
             done.update(image_id=image_id, verified=True, verify=report)
             tag_image(engine, image_id, spec.refs)
             done.update(tags=spec.refs)
             console(spec.name, "tagged " + ", ".join(spec.tags))
             pushed: tuple[PushResult, ...] = ()
+            if options.push and stopped():
+                return cancelled("after tagging, before pushing")
             if options.push:
                 console(spec.name, f"pushing to {spec.repository}")
                 push_meter = console.meter(spec.name, "pushing")
@@ -180,6 +236,13 @@ def _build_one(
                 spec=spec, status=status, image_id=image_id, verified=True, verify=report, tags=spec.refs,
                 pushed=pushed, size=info.size if info else None, seconds=time.monotonic() - started,
             )  # fmt: skip
+        except Cancelled as exc:
+            log.write(f"\nINTERRUPTED: {exc}\n")
+            for image in unsealed:  # built but never verified: it goes, as a failed one does
+                _discard(engine, image, log)
+            if isinstance(exc, PartialCancel):
+                done.update(pushed=exc.pushed)
+            return cancelled(f"while running ({exc})")
         except (EngineError, VerifyError, RenderError) as exc:
             log.write(f"\nERROR: {exc}\n")
             tail = getattr(exc, "tail", "")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TextIO
 
-from .engine import Engine, PushError
+from .engine import Cancelled, Engine, PushError
 from .model import PushResult
 
 RETRIES = 3
@@ -40,6 +40,8 @@ def push_refs(
             if served != pushed:
                 raise PushError(f"the registry serves {served} for {ref}, but the push reported {pushed}", transient=False)
             results.append(PushResult(ref=ref, digest=served))
+    except Cancelled as exc:
+        raise PartialCancel(str(exc), pushed=tuple(results)) from None
     except PushError as exc:
         raise PartialPush(str(exc), pushed=tuple(results)) from None
     return tuple(results)
@@ -50,6 +52,14 @@ class PartialPush(PushError):
 
     def __init__(self, message: str, *, pushed: tuple[PushResult, ...]) -> None:
         super().__init__(message, transient=False)
+        self.pushed = pushed
+
+
+class PartialCancel(Cancelled):
+    """An interrupt stopped the pushes after these references were pushed (and read back)."""
+
+    def __init__(self, message: str, *, pushed: tuple[PushResult, ...]) -> None:
+        super().__init__(message)
         self.pushed = pushed
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from .config import printable
 from .labels import expected_labels
 from .model import ImageSpec
 
@@ -61,7 +62,7 @@ def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
         template = _environment().get_template("Dockerfile.j2")
         return template.render(
             spec=spec,
-            source=_display_path(spec.source[0]),
+            source=printable(_display_path(spec.source[0])),  # a file name can hold a newline and a RUN line
             apt_packages=sorted(spec.apt_packages),
             labels=sorted(expected_labels(spec).items()),
             wheel_port=wheel_port,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .engine import Engine, EngineError
+from .engine import Cancelled, Engine, EngineError
 from .model import Check, FamilyBuild, ImageSpec, VerifyReport
 
 VERIFY_TIMEOUT = 600
@@ -29,6 +29,8 @@ def run_verify(engine: Engine, image: str, *, gpus: bool, extra_args: tuple[str,
     command = ["torch-verify", "--json", *(["--require-gpu"] if gpus else []), *extra_args]
     try:
         result = engine.run(image, command, timeout=VERIFY_TIMEOUT, gpus=gpus)
+    except Cancelled:
+        raise
     except EngineError as exc:
         raise VerifyError(str(exc)) from None
     return parse_report(result.output, result.exit_code)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .config import mask_credentials
 from .progress import describe
 
 if TYPE_CHECKING:
@@ -54,14 +55,6 @@ def platform_tags(glibc: str, arch: str = "x86_64") -> list[str]:
     return [*tags, f"linux_{arch}"]
 
 
-_USERINFO = re.compile(r"(?<=://)[^/\s]+@")
-
-
-def mask_credentials(text: str) -> str:
-    """https://user:token@host/... -> https://***@host/...: index URLs may carry secrets; logs must not."""
-    return _USERINFO.sub("***@", text)
-
-
 def pip_version() -> str:
     try:
         return importlib.metadata.version("pip")
@@ -86,7 +79,15 @@ def pip_environment(isolated: bool) -> dict[str, str] | None:
     return {**env, "PIP_CONFIG_FILE": os.devnull}
 
 
-def pip_run(args: list[str], log: TextIO, *, what: str, isolated: bool = False, on_download: DownloadProgress | None = None) -> str:
+def pip_run(
+    args: list[str],
+    log: TextIO,
+    *,
+    what: str,
+    isolated: bool = False,
+    on_download: DownloadProgress | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run this python's pip; its output goes to the log, its errors (and pip's reasons) into one WheelError.
 
     With on_download, pip reports each download's bytes (`--progress-bar raw`) and they are passed on as
@@ -99,7 +100,12 @@ def pip_run(args: list[str], log: TextIO, *, what: str, isolated: bool = False, 
     output: list[str] = []
     current = ""
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pip_environment(isolated), bufsize=1
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env={**(pip_environment(isolated) or os.environ), **(env or {})},
     ) as process:
 
         def expire() -> None:
@@ -191,7 +197,7 @@ def fetch_locked(
     on_download: DownloadProgress | None = None,
 ) -> WheelSet:
     """Download the lock's files that the wheelhouse lacks (pip checks every hash), then check them all."""
-    from .lock import index_args, target_args
+    from .lock import index_env, target_args
 
     hashes = _HashCache(wheelhouse)
     missing = [f for f in lock.files if hashes.get(f.filename) != f.sha256]
@@ -200,11 +206,14 @@ def fetch_locked(
         with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="torch-images-fetch-") as requirements:
             requirements.write("".join(f.pinned for f in missing))
             requirements.flush()
-            args = ["download", *index_args(spec, indexes), "--no-deps", "--require-hashes"]
+            args = ["download", "--no-deps", "--require-hashes"]
             args += [] if on_download else ["--progress-bar", "off"]
             args += ["--dest", str(wheelhouse), *target_args(spec), "-r", requirements.name]
             started = time.monotonic()
-            pip_run(args, log, what=f"fetching wheels for {spec.name}", isolated=indexes.isolated, on_download=on_download)
+            pip_run(
+                args, log, what=f"fetching wheels for {spec.name}", isolated=indexes.isolated, on_download=on_download,
+                env=index_env(spec, indexes),
+            )  # fmt: skip
             size = sum((wheelhouse / f.filename).stat().st_size for f in missing if (wheelhouse / f.filename).exists())
             say(f"wheels: fetched {len(missing)} files for {spec.name}: {describe(size, 0, time.monotonic() - started)}")
     for f in lock.files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -107,3 +108,51 @@ def test_an_image_that_fails_verification_is_removed_and_never_reused(
         assert "unchanged" not in done.stdout
         leftovers = docker.from_env().api.images(filters={"label": marker}, quiet=True, all=True)
         assert leftovers == [], f"the unverified image is still in the engine: {leftovers}"
+
+
+def test_sigint_mid_build_stops_everything_and_tags_nothing(
+    engine: Engine, built: list[BuildResult], tmp_path: Path, untag_after: Callable[[Path], None]
+) -> None:
+    fixture = yaml.safe_load(FIXTURE.read_text())["images"]
+    # The first image installs a Debian package (its apt step takes a while); the second must never start.
+    images = [{**fixture[0], "apt_packages": ["cowsay"]}, {**fixture[1], "flavours": ["runtime"]}]
+    config = _matrix(tmp_path, registry="127.0.0.1:5000", repository="torch-images-test/interrupted", images=images)
+    untag_after(config)
+    first, second = load_matrix(config).images
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "build",
+        "--config",
+        str(config),
+        "--push",
+        "--out-dir",
+        str(out),
+        "--wheelhouse",
+        str(WHEELHOUSE),
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if f"[{first.name}] step 4/" in line:  # the apt step of the first image is running
+                process.send_signal(signal.SIGINT)
+                break
+        output = "".join(seen) + process.communicate(timeout=600)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+    records = {r["name"]: r for r in json.loads((out / "report.json").read_text())["images"]}
+    assert records[first.name]["status"] == "cancelled", records[first.name]
+    assert (records[second.name]["status"], records[second.name]["error"]) == ("cancelled", "interrupted before it started")
+    for spec in (first, second):
+        for ref in spec.refs:
+            assert engine.image(ref) is None, f"{ref} is tagged"
+            assert not in_registry(ref), f"{ref} was pushed"
+    api = docker.from_env().api
+    assert api.containers(all=True) == [], "a build or verification container was left behind"

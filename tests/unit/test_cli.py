@@ -158,3 +158,42 @@ def test_run_from_a_project_folder_uses_the_checkout_s_matrix_and_mounts_the_pro
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f" -v {tmp_path}:/workspace " in done.stdout and ":2.14.1-py3.12-cpu-ubuntu24.04 python -V" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("a:\n" + "".join("  " * i + "b:\n" for i in range(1, 300)), "nested deeper than 32 levels"),
+        ("[" * 3000 + "]" * 3000, "nested deeper than 32 levels"),
+        ("# " + "x" * 1_100_000 + "\n", "larger than 1000 kB"),
+    ],
+    ids=["deep-mapping", "deep-flow-sequence", "huge"],
+)
+def test_hostile_files_end_in_one_line_not_a_traceback(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "hostile.yaml"
+    path.write_text(content)
+    done = invoke("matrix", "--config", str(path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.splitlines()[0].startswith(f"{path}:1:1: {message}")
+
+
+def test_dev_zero_is_refused_by_size() -> None:
+    done = invoke("matrix", "--config", "/dev/zero")
+    assert done.returncode == 1 and done.stderr.startswith("/dev/zero:1:1: larger than 1000 kB"), done.stderr
+
+
+def test_control_characters_from_the_file_are_shown_as_escapes(tmp_path: Path) -> None:
+    path = tmp_path / "ansi.yaml"
+    path.write_text('target: {repository: x/y}\n"\\e[2J\\nall good\\u202e": 1\nimages: [{torch: "2.11.0", cuda: "12.8", python: "3.12"}]\n')
+    done = invoke("matrix", "--config", str(path))
+    assert done.returncode == 1
+    assert "\x1b" not in done.stderr and "\u202e" not in done.stderr
+    assert done.stderr.splitlines()[0].startswith(f"{path}:2:1: \\x1b[2J\\nall good\\u202e: unknown key")
+
+
+def test_a_config_error_never_prints_an_index_password(tmp_path: Path) -> None:
+    path = tmp_path / "cred.yaml"
+    path.write_text('target: {repository: x/y}\nwheels: {pytorch_index: "https://u:s3cret@idx.example/whl x"}\nimages: []\n')
+    done = invoke("matrix", "--config", str(path))
+    assert done.returncode == 1 and "https://***@idx.example/whl x" in done.stderr
+    assert "s3cret" not in done.stdout + done.stderr

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from torchimages.engine import BuildError, Engine, PushError, split_ref
+from torchimages.engine import BuildError, Cancelled, Engine, PushError, split_ref
 
 
 class FakeApi:
@@ -27,6 +28,7 @@ class FakeApi:
 def engine_with(api: FakeApi) -> Engine:
     engine = Engine.__new__(Engine)
     engine._api = api  # type: ignore[assignment]
+    engine.cancelled = threading.Event()
     return engine
 
 
@@ -125,3 +127,25 @@ def test_push_progress_adds_up_the_layers_and_counts_finished_ones_whole() -> No
     seen: list[tuple[int, int]] = []
     engine_with(FakeApi(push=stream)).push("r/a:t", on_progress=lambda done, total: seen.append((done, total)))
     assert seen[3:] == [(100, 1000), (150, 1200), (650, 1200), (800, 1200), (1200, 1200)]
+
+
+def test_a_cancelled_engine_closes_the_stream_it_reads_and_says_so() -> None:
+    closed: list[str] = []
+
+    def endless(kind: str) -> Iterator[dict]:
+        try:
+            while True:
+                yield {"stream": "Step 1/2 : RUN sleep 600\n"} if kind == "build" else {"status": "Pushing", "id": "a"}
+        finally:
+            closed.append(kind)  # what closing the generator does: docker-py drops the connection, dockerd cancels
+
+    api = FakeApi()
+    api.build = lambda **_: endless("build")  # type: ignore[method-assign]
+    api.push = lambda *_, **__: endless("push")  # type: ignore[method-assign]
+    engine = engine_with(api)
+    engine.cancel()
+    with pytest.raises(Cancelled, match="the build stopped by an interrupt"):
+        engine.build(b"", log=io.StringIO())
+    with pytest.raises(Cancelled, match="the push of r/a:t stopped by an interrupt"):
+        engine.push("r/a:t")
+    assert closed == ["build", "push"]

