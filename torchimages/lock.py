@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from .config import mask_credentials
 from .model import INSTALLER, ImageSpec, exact_requirement
-from .wheels import WheelError, pip_configuration, pip_run, pip_version, platform_tags, sha256_file
+from .wheels import Credential, WheelError, pip_configuration, pip_run, pip_version, platform_tags, sha256_file, split_credentials
 
 
 @dataclass(frozen=True)
@@ -94,19 +94,21 @@ def target_args(spec: ImageSpec) -> list[str]:
     return args
 
 
-def index_env(spec: ImageSpec, indexes: Indexes) -> dict[str, str]:
-    """pip's indexes: PyPI (or the configured/replica index) plus the image's PyTorch index folders.
+def index_args(spec: ImageSpec, indexes: Indexes) -> tuple[list[str], list[Credential]]:
+    """pip's index options (PyPI or the configured/replica index, plus the image's PyTorch index folders) and the
+    credentials taken out of their URLs.
 
-    They reach pip through its environment, never its command line: an index URL may hold a password,
-    and any local user can read a command line in /proc.
+    Options on the command line add to the user's pip.conf (`extra-index-url` there stays in use); the
+    credentials go to pip through a private netrc file instead, as any local user can read a command line.
     """
-    env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    if indexes.index_url:
-        env["PIP_INDEX_URL"] = indexes.index_url
-    extra = list(dict.fromkeys(spec.wheel_indexes.values()))  # torchaudio 2.11 may come from another variant's folder
-    if extra:
-        env["PIP_EXTRA_INDEX_URL"] = " ".join(extra)
-    return env
+    urls = [("--index-url", indexes.index_url)] if indexes.index_url else []
+    urls += [("--extra-index-url", url) for url in dict.fromkeys(spec.wheel_indexes.values())]  # torchaudio: maybe another folder
+    args, credentials = ["--disable-pip-version-check"], []
+    for option, url in urls:
+        plain, credential = split_credentials(url)
+        args += [option, plain]
+        credentials += [credential] if credential else []
+    return args, credentials
 
 
 def lock_inputs(spec: ImageSpec, indexes: Indexes) -> str:
@@ -114,7 +116,7 @@ def lock_inputs(spec: ImageSpec, indexes: Indexes) -> str:
     data = {
         "requirements": spec.requirements,
         "target": target_args(spec),
-        "indexes": index_env(spec, indexes),
+        "indexes": index_args(spec, indexes)[0],  # without credentials: a new password keeps the lock
         "isolated": indexes.isolated,
         "pip": pip_version(),
         "pip configuration": pip_configuration(indexes.isolated),  # pip.conf and PIP_*: other indexes, find-links
@@ -127,10 +129,11 @@ def resolve(spec: ImageSpec, indexes: Indexes, *, log: TextIO) -> Lock:
     with tempfile.TemporaryDirectory(prefix="torch-images-lock-") as tmp:
         report = Path(tmp) / "report.json"
         args = [
-            "install", "--dry-run", "--ignore-installed", "--quiet",
+            "install", *index_args(spec, indexes)[0], "--dry-run", "--ignore-installed", "--quiet",
             "--target", str(Path(tmp) / "target"), "--report", str(report), *target_args(spec),
         ]  # fmt: skip
-        pip_run([*args, *spec.requirements], log, what="pip", isolated=indexes.isolated, env=index_env(spec, indexes))
+        credentials = index_args(spec, indexes)[1]
+        pip_run([*args, *spec.requirements], log, what="pip", isolated=indexes.isolated, credentials=credentials)
         data = json.loads(report.read_text())
     files = tuple(sorted((_locked(spec, item) for item in data.get("install", [])), key=lambda f: f.name.lower()))
     lock = Lock(image=spec.name, inputs=lock_inputs(spec, indexes), files=files)

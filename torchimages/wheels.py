@@ -14,7 +14,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -86,7 +88,7 @@ def pip_run(
     what: str,
     isolated: bool = False,
     on_download: DownloadProgress | None = None,
-    env: dict[str, str] | None = None,
+    credentials: Sequence[Credential] = (),
 ) -> str:
     """Run this python's pip; its output goes to the log, its errors (and pip's reasons) into one WheelError.
 
@@ -99,14 +101,17 @@ def pip_run(
     timed_out = threading.Event()
     output: list[str] = []
     current = ""
-    with subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        env={**(pip_environment(isolated) or os.environ), **(env or {})},
-    ) as process:
+    with (
+        _netrc(credentials) as netrc,
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**(pip_environment(isolated) or os.environ), **({"NETRC": netrc} if netrc else {})},
+        ) as process,
+    ):
 
         def expire() -> None:
             timed_out.set()
@@ -137,6 +142,40 @@ def pip_run(
     if code != 0:
         raise WheelError(mask_credentials(f"{what}: " + (pip_reason(text) or f"pip exited {code}")))
     return text
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A login for one index host, taken out of its URL."""
+
+    host: str
+    login: str
+    password: str
+
+
+def split_credentials(url: str) -> tuple[str, Credential | None]:
+    """https://user:pw@host/simple -> (https://host/simple, the login for host)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.username and not parts.password:
+        return url, None
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    login = urllib.parse.unquote(parts.username or "")
+    return plain, Credential(host=parts.hostname or "", login=login, password=urllib.parse.unquote(parts.password or ""))
+
+
+@contextmanager
+def _netrc(credentials: Sequence[Credential]) -> Iterator[str | None]:
+    """A netrc file only this user can read, for as long as pip runs (pip reads the one $NETRC names)."""
+    if not credentials:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="torch-images-netrc-") as folder:  # created 0700
+        path = Path(folder) / "netrc"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as stream:
+            stream.writelines(f"machine {c.host} login {c.login} password {c.password}\n" for c in credentials)
+        yield str(path)
 
 
 _PROGRESS = re.compile(r"Progress (?P<done>\d+) of (?P<total>\d+)")
@@ -197,7 +236,7 @@ def fetch_locked(
     on_download: DownloadProgress | None = None,
 ) -> WheelSet:
     """Download the lock's files that the wheelhouse lacks (pip checks every hash), then check them all."""
-    from .lock import index_env, target_args
+    from .lock import index_args, target_args
 
     hashes = _HashCache(wheelhouse)
     missing = [f for f in lock.files if hashes.get(f.filename) != f.sha256]
@@ -206,13 +245,14 @@ def fetch_locked(
         with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="torch-images-fetch-") as requirements:
             requirements.write("".join(f.pinned for f in missing))
             requirements.flush()
-            args = ["download", "--no-deps", "--require-hashes"]
+            options, credentials = index_args(spec, indexes)
+            args = ["download", *options, "--no-deps", "--require-hashes"]
             args += [] if on_download else ["--progress-bar", "off"]
             args += ["--dest", str(wheelhouse), *target_args(spec), "-r", requirements.name]
             started = time.monotonic()
             pip_run(
                 args, log, what=f"fetching wheels for {spec.name}", isolated=indexes.isolated, on_download=on_download,
-                env=index_env(spec, indexes),
+                credentials=credentials,
             )  # fmt: skip
             size = sum((wheelhouse / f.filename).stat().st_size for f in missing if (wheelhouse / f.filename).exists())
             say(f"wheels: fetched {len(missing)} files for {spec.name}: {describe(size, 0, time.monotonic() - started)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_a_failing_progress_callback_stops_pip_too(tmp_path: Path, monkeypatch) 
     assert time.monotonic() - started < 30  # pip was killed and reaped, not waited for
 
 
-def test_index_credentials_reach_pip_through_its_environment_never_its_command_line(tmp_path: Path, monkeypatch) -> None:
+def test_index_credentials_reach_pip_through_a_private_netrc_never_its_command_line(tmp_path: Path, monkeypatch) -> None:
     import pytest
 
     from torchimages.lock import Indexes, resolve
@@ -136,16 +137,41 @@ def test_index_credentials_reach_pip_through_its_environment_never_its_command_l
     from torchimages.wheels import WheelError
 
     seen = tmp_path / "seen.txt"
-    fake_pip(
-        tmp_path,
-        monkeypatch,
-        f"import os, sys\nopen({str(seen)!r}, 'w').write(repr(sys.argv) + '\\n' + os.environ.get('PIP_INDEX_URL', ''))\nsys.exit(1)\n",
+    body = (
+        "import os, stat, sys\n"
+        "netrc = os.environ.get('NETRC', '')\n"
+        "mode = oct(stat.S_IMODE(os.stat(netrc).st_mode)) if netrc else ''\n"
+        f"open({str(seen)!r}, 'w').write(repr(sys.argv) + '\\n' + mode + '\\n' + (open(netrc).read() if netrc else ''))\n"
+        "sys.exit(1)\n"
     )
+    fake_pip(tmp_path, monkeypatch, body)
     spec = load_matrix(Path(__file__).parents[2] / "tests" / "fixtures" / "images.yaml").images[0]
     log = io.StringIO()
     with pytest.raises(WheelError):  # the fake pip fails after looking
-        resolve(spec, Indexes(index_url="https://user:s3cr3t@pypi.example/simple", isolated=True), log=log)
-    argv, environment = seen.read_text().split("\n", 1)
-    assert "s3cr3t" not in argv and "pypi.example" not in argv
-    assert environment == "https://user:s3cr3t@pypi.example/simple"
-    assert "s3cr3t" not in log.getvalue()
+        resolve(spec, Indexes(index_url="https://user:s3cr%40t@pypi.example:8443/simple", isolated=True), log=log)
+    argv, mode, netrc = seen.read_text().split("\n", 2)
+    assert "s3cr" not in argv and "'--index-url', 'https://pypi.example:8443/simple'" in argv
+    assert mode == "0o600" and netrc == "machine pypi.example login user password s3cr@t\n"
+    assert "s3cr" not in log.getvalue()
+    assert not list(Path(tempfile.gettempdir()).glob("torch-images-netrc-*"))  # gone once pip is done
+
+
+def test_the_image_s_pytorch_index_adds_to_the_extra_indexes_of_pip_conf(tmp_path: Path, monkeypatch) -> None:
+    """pip.conf's extra-index-url stays in use beside the image's PyTorch index folder (PIP_EXTRA_INDEX_URL would replace it)."""
+    import pytest
+
+    from torchimages.lock import Indexes, index_args
+    from torchimages.matrix import load_matrix
+    from torchimages.wheels import WheelError
+
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nextra-index-url = http://127.0.0.1:9/from-pip-conf\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    spec = next(s for s in load_matrix(Path(__file__).parents[2] / "images.yaml", pytorch_index="http://127.0.0.1:9/whl").images if s.cuda)
+    options, credentials = index_args(spec, Indexes())
+    assert credentials == []
+    log = io.StringIO()
+    with pytest.raises(WheelError):
+        pip_run(["download", *options, "--no-deps", "-d", str(tmp_path), "torch-images-no-such-package"], log, what="test")
+    looking = next(line for line in log.getvalue().splitlines() if line.startswith("Looking in indexes:"))
+    assert "http://127.0.0.1:9/from-pip-conf" in looking and f"http://127.0.0.1:9/whl/{spec.wheel_variant}" in looking

@@ -27,7 +27,7 @@ from packaging.utils import parse_wheel_filename
 
 from torchimages.compat import load_compat
 from torchimages.config import load_document
-from torchimages.lock import Indexes, index_env, resolve, target_args
+from torchimages.lock import Indexes, index_args, resolve, target_args
 from torchimages.matrix import build_matrix
 from torchimages.testing.replica import PyPIPassThrough, Replica, StandIn, handler, index_files, page
 from torchimages.wheels import pip_run, platform_tags
@@ -221,9 +221,9 @@ def test_with_both_builds_in_view_only_the_exact_pin_keeps_pypi_s(replica: str, 
     chosen = {}
     for requirement in ("torch==1.8.1", "torch===1.8.1"):
         report = tmp_path / f"{len(chosen)}.json"
-        args = ["install", "--dry-run", "--ignore-installed"]
+        args = ["install", *index_args(spec, Indexes(index_url=f"{replica}/pypi/simple"))[0], "--dry-run", "--ignore-installed"]
         args += ["--target", str(tmp_path / "t"), "--report", str(report), *target_args(spec), requirement]
-        pip_run(args, io.StringIO(), what="pip", isolated=True, env=index_env(spec, Indexes(index_url=f"{replica}/pypi/simple")))
+        pip_run(args, io.StringIO(), what="pip", isolated=True)
         chosen[requirement] = next(
             i["metadata"]["version"] for i in json.loads(report.read_text())["install"] if i["metadata"]["name"] == "torch"
         )
