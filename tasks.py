@@ -18,7 +18,7 @@ from invoke.tasks import task
 
 from torchimages import matrix as matrix_mod
 from torchimages.compat import version_key
-from torchimages.config import ConfigError
+from torchimages.config import ConfigError, printable
 from torchimages.engine import EngineError
 from torchimages.wheels import WheelError
 
@@ -81,6 +81,8 @@ def _clean_errors() -> Iterator[None]:
         raise Exit(f"{exc}\n{count} problem{'s' * (count != 1)} found; nothing was done.", code=1) from None
     except (EngineError, WheelError, VerifyError, RenderError, TestEnvError) as exc:
         raise Exit(f"error: {exc}", code=1) from None
+    except KeyboardInterrupt:  # Ctrl-C outside a build's own handling (loading, resolving): nothing was tagged
+        raise Exit("interrupted", code=130) from None
 
 
 def _check_gpus(gpus: str) -> None:
@@ -101,7 +103,7 @@ def _load(config: str) -> matrix_mod.Matrix:
 
 def _select(matrix: matrix_mod.Matrix, cuda: list[str], torch: list[str], python: list[str], flavour: list[str]) -> list[Any]:
     if not matrix.images:
-        raise Exit(f"{matrix.file} defines no image to build: every combination is excluded or deprecated", code=1)
+        raise Exit(f"{printable(matrix.file)} defines no image to build: every combination is excluded or deprecated", code=1)
     filters = matrix_mod.Filters(cuda=tuple(cuda), torch=tuple(torch), python=tuple(python), flavour=tuple(flavour))
     selected = [spec for spec in matrix.images if filters.select(spec)]
     if not selected:
@@ -114,7 +116,7 @@ def _select(matrix: matrix_mod.Matrix, cuda: list[str], torch: list[str], python
             "flavour": {s.flavour for s in matrix.images},
         }
         valid = "; ".join(f"{name}: {', '.join(sorted(has[name], key=version_key))}" for name, _ in given)
-        raise Exit(f"no image in {matrix.file} matches {asked}; the matrix has {valid}", code=1)
+        raise Exit(f"no image in {printable(matrix.file)} matches {printable(asked)}; the matrix has {valid}", code=1)
     return selected
 
 

@@ -116,13 +116,16 @@ def load_document(path: Path | str, text: str | None = None) -> Document:
         try:
             with open(path, "rb") as stream:
                 raw = stream.read(MAX_BYTES + 1)  # /dev/zero, or a log passed by mistake, ends here
-            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise ConfigError([Problem(name, 1, 1, "", "file not found")]) from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise ConfigError([Problem(name, 1, 1, "", f"cannot read file: {exc}")]) from None
         if len(raw) > MAX_BYTES:
             raise ConfigError([Problem(name, 1, 1, "", f"larger than {MAX_BYTES // 1000} kB; a matrix file is far smaller")])
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError([Problem(name, 1, 1, "", f"cannot read file: {exc}")]) from None
     doc = Document(file=name, data=None)
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
@@ -141,6 +144,8 @@ def load_document(path: Path | str, text: str | None = None) -> Document:
         raise ConfigError([Problem(name, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels; a matrix file needs 4")])
     try:
         doc.data = _convert(doc, nodes[0], (), ()) if nodes else None
+    except RecursionError:  # the depth check above makes this unreachable; a message all the same, never a traceback
+        raise ConfigError([Problem(name, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels; a matrix file needs 4")]) from None
     except _TooLarge:
         raise ConfigError([Problem(name, 1, 1, "", f"the document expands to more than {MAX_VALUES} values (aliases?)")]) from None
     if doc.problems:
@@ -154,19 +159,37 @@ MAX_DEPTH = 32  # the deepest real path is images[i].packages[j].pip
 
 
 def _depth(root: yaml.Node) -> int:
-    """How deeply the document nests, counted without recursion (a deep file must not blow Python's stack)."""
-    deepest, stack, seen = 0, [(root, 1)], set()
+    """The longest path from the root, aliases followed, counted without recursion (a deep file must not blow the stack).
+
+    Memoised per node, so a web of aliases costs one visit each; a cycle (an alias inside its own anchor) is not
+    followed here, and _convert names it.
+    """
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if id(node) in seen or depth > MAX_DEPTH:
-            continue
-        seen.add(id(node))
+        node, children_done = stack.pop()
+        key = id(node)
         if isinstance(node, yaml.SequenceNode):
-            stack.extend((child, depth + 1) for child in node.value)
+            children = list(node.value)
         elif isinstance(node, yaml.MappingNode):
-            stack.extend((value, depth + 1) for _, value in node.value)
-    return deepest
+            children = [value for _, value in node.value]
+        else:
+            children = []
+        if children_done:
+            on_path.discard(key)
+            depth[key] = 1 + max((depth.get(id(c), 0) for c in children), default=0)  # 0: a cycle's back edge
+            if depth[key] > MAX_DEPTH:
+                return depth[key]
+            continue
+        if key in depth:
+            continue
+        if key in on_path:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in depth)
+    return depth[id(root)]
 
 
 class _TooLarge(Exception):

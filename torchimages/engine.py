@@ -62,6 +62,10 @@ class PullError(EngineError):
 class Cancelled(EngineError):
     """An interrupt stopped the operation (the engine was told to cancel)."""
 
+    def __init__(self, message: str, *, image_id: str | None = None) -> None:
+        super().__init__(message)
+        self.image_id = image_id  # an image that exists all the same (the build had finished)
+
 
 class RunTimeout(EngineError):
     """A container ran past its time limit and was killed."""
@@ -134,10 +138,12 @@ class Engine:
         """Stop what runs: a build or push stream is closed (dockerd then cancels it), a container is killed."""
         self.cancelled.set()
 
-    def _check(self, stream: Any, what: str) -> None:
+    def _check(self, stream: Any, what: str, *, image_id: str | None = None) -> None:
+        """After an interrupt: close the stream (dockerd then cancels the build, push or pull) and raise Cancelled."""
         if self.cancelled.is_set():
-            stream.close()  # closing the connection makes dockerd cancel the build or push, and remove its container
-            raise Cancelled(f"{what} stopped by an interrupt")
+            if stream is not None:
+                stream.close()  # docker-py's response goes with its generator, and the connection with it
+            raise Cancelled(f"{what} stopped by an interrupt", image_id=image_id)
 
     # -- information ----------------------------------------------------------------------
 
@@ -203,6 +209,7 @@ class Engine:
         step: str | None = None
         image_id: str | None = None
         tail: list[str] = []
+        self._check(None, "the build")
         try:
             stream = self._api.build(
                 fileobj=io.BytesIO(context), custom_context=True, rm=True, forcerm=True, decode=True,
@@ -210,7 +217,6 @@ class Engine:
                 nocache=nocache, timeout=timeout,
             )  # fmt: skip
             for chunk in stream:
-                self._check(stream, "the build")
                 if "stream" in chunk:
                     text = str(chunk["stream"])
                     log.write(text)
@@ -223,6 +229,7 @@ class Engine:
                             tail = (tail + [line.rstrip()])[-20:]
                 if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
                     image_id = str(chunk["aux"]["ID"])
+                self._check(stream, "the build", image_id=image_id)
                 if "error" in chunk or "errorDetail" in chunk:
                     detail = chunk.get("errorDetail") or {}
                     message = str(chunk.get("error") or detail.get("message") or "unknown build error").strip()
@@ -258,25 +265,21 @@ class Engine:
         """
         volumes = {host: {"bind": inside, "mode": "ro"} for host, inside in (read_only_mounts or {}).items()} or None
         device_requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
-        try:
+        self._check(None, f"{command[0]} in {image}")
+        with _engine_errors(f"cannot create a container from {image}"):
             container = self._client.containers.create(
                 image, command, detach=True, environment=environment, user=user, shm_size=shm_size,
                 device_requests=device_requests, network_mode="none", volumes=volumes,
             )  # fmt: skip
-        except docker.errors.APIError as exc:
-            raise EngineError(f"cannot create a container from {image}: {exc.explanation or exc}") from None
         try:
-            container.start()
-            status = self._wait(container, timeout, what=f"{command[0]} in {image}")
-            output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+            with _engine_errors(f"running {command[0]} in {image} failed"):
+                container.start()
+                status = self._wait(container, timeout, what=f"{command[0]} in {image}")
+                output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
             return RunResult(exit_code=int(status.get("StatusCode", -1)), output=output)
-        except docker.errors.APIError as exc:
-            raise EngineError(f"running {command[0]} in {image} failed: {exc.explanation or exc}") from None
         finally:
-            try:
+            with suppress(docker.errors.APIError, requests.exceptions.RequestException):  # an engine that is gone keeps nothing
                 container.remove(force=True)
-            except docker.errors.APIError:
-                pass
 
     def _wait(self, container: Any, timeout: float, *, what: str) -> dict[str, Any]:
         """Wait for a container, a second at a time so that an interrupt kills it promptly."""
@@ -290,10 +293,12 @@ class Engine:
                 if "timed out" not in str(exc).lower():  # urllib3 reports some read timeouts this way; anything else is a lost engine
                     raise EngineError(f"lost the Docker engine while waiting for {what}: {exc}") from None
             if self.cancelled.is_set():
-                container.kill()
+                with suppress(docker.errors.APIError):  # it may have exited in the meantime
+                    container.kill()
                 raise Cancelled(f"{what} stopped by an interrupt")
             if time.monotonic() > deadline:
-                container.kill()
+                with suppress(docker.errors.APIError):
+                    container.kill()
                 raise RunTimeout(f"{what} ran past {timeout:.0f} s and was killed")
 
     def start_service(self, image: str, command: list[str], *, ports: dict[str, tuple[str, int]], name: str) -> Service:
@@ -320,6 +325,7 @@ class Engine:
 
     def tag(self, image_id: str, ref: str) -> None:
         repository, tag = split_ref(ref)
+        self._check(None, f"tagging {ref}")
         with _engine_errors(f"cannot tag {image_id} as {ref}"):
             tagged = self._api.tag(image_id, repository, tag)
         if not tagged:
@@ -335,6 +341,7 @@ class Engine:
         digest: str | None = None
         layers: dict[str, tuple[int, int]] = {}  # layer id -> (sent, size) as the stream reports them
         try:
+            self._check(None, f"the push of {ref}")
             stream = self._api.push(repository, tag=tag, stream=True, decode=True)
             for chunk in stream:
                 self._check(stream, f"the push of {ref}")
@@ -368,8 +375,11 @@ class Engine:
     def pull(self, ref: str, *, log: TextIO | None = None) -> str:
         """Pull a reference; return the local image ID."""
         repository, tag = split_ref(ref)
+        self._check(None, f"the pull of {ref}")
         try:
-            for chunk in self._api.pull(repository, tag=tag, stream=True, decode=True):
+            stream = self._api.pull(repository, tag=tag, stream=True, decode=True)
+            for chunk in stream:
+                self._check(stream, f"the pull of {ref}")
                 if log is not None and "status" in chunk and "progress" not in chunk:
                     log.write(f"{chunk.get('id', '')} {chunk['status']}".strip() + "\n")
                 if "error" in chunk or "errorDetail" in chunk:

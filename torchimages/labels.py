@@ -115,6 +115,11 @@ def sealed(labels: dict[str, str], build_hash: str, *, gpus: bool) -> bool:
     )
 
 
+def seal_step(build_hash: str) -> str:
+    """What the seal's LABEL step shows in the image history, the newest entry of a sealed image (Docker drops the quotes)."""
+    return f"{VERIFIED_BUILD}={build_hash}"
+
+
 def report_from_labels(labels: dict[str, str]) -> VerifyReport:
     """The inverse of verified_labels: what verification saw when a reused image was built."""
 

@@ -10,7 +10,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +27,7 @@ from .publish import PartialCancel, PartialPush, push_refs, tag_image
 from .render import ROOT, RenderError, context_files, context_tar, dockerfile_quote, render_dockerfile
 from .report import write_reports
 from .verify import VerifyError, gpus_wanted, promise_problems, run_verify
-from .wheels import WheelError, WheelServer, WheelSet, fetch_wheels
+from .wheels import PIPS, WheelError, WheelServer, WheelSet, fetch_wheels
 
 Say = Callable[[str], None]
 
@@ -118,7 +118,11 @@ class Interrupted(Exception):
 
 @contextmanager
 def _interrupts(engine: Engine, stop: threading.Event) -> Iterator[list[int]]:
-    """SIGINT/SIGTERM: no new image starts and what runs is cancelled; a second signal aborts at once."""
+    """SIGINT/SIGTERM: no new image starts, and builds, pushes, containers and pips that run are stopped.
+
+    A second Ctrl-C aborts at once. A SIGTERM after the first signal is not a second one: CI runners send
+    SIGINT and then SIGTERM a few seconds later, and the report must still be written.
+    """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
         yield received
@@ -126,19 +130,32 @@ def _interrupts(engine: Engine, stop: threading.Event) -> Iterator[list[int]]:
 
     def handle(signum: int, frame: object) -> None:
         if received:
-            os._exit(128 + signum)
+            if signum == signal.SIGINT:
+                os._exit(128 + signum)
+            return
         received.append(signum)
         stop.set()
         engine.cancel()
         # os.write, not print: the interrupted code may hold the console's lock.
-        os.write(2, f"\n{signal.Signals(signum).name}: stopping; nothing more is tagged or pushed (again to abort at once)\n".encode())
+        with suppress(OSError):
+            os.write(
+                2, f"\n{signal.Signals(signum).name}: stopping; nothing more is tagged or pushed (Ctrl-C again to abort at once)\n".encode()
+            )
+
+    def stop_pips() -> None:  # a thread of its own: the handler must not wait for a lock
+        stop.wait()
+        if received:
+            PIPS.stop()
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    threading.Thread(target=stop_pips, daemon=True, name="stop-pips").start()
     try:
         yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        stop.set()  # ends the watcher
+        PIPS.stopped.clear()
 
 
 def build_hash(context: bytes, base_id: str) -> str:
@@ -208,15 +225,14 @@ def _build_one(
                 log.write("\n--- torch-verify ---\n" + report.output + "\n")
                 problems = [f"{c.name}: {c.detail}" for c in report.failures] + promise_problems(spec, report)
                 if problems or not report.ok:
-                    _discard(engine, built, log)
                     return failed("verification failed: " + "; ".join(problems or ["torch-verify reported failure"]), verify=report)
                 image_id = _finalize(engine, built, report, log, build_hash=inputs, gpus=gpus)
                 unsealed.clear()
                 status = "built"
+            done.update(image_id=image_id, verified=True, verify=report)
             if stopped():  # sealed, so a later run may reuse it, but not tagged now
                 return cancelled("after verification, before tagging")
-            done.update(image_id=image_id, verified=True, verify=report)
-            tag_image(engine, image_id, spec.refs)
+            tag_image(engine, image_id, spec.refs, stopped=stopped)
             done.update(tags=spec.refs)
             console(spec.name, "tagged " + ", ".join(spec.tags))
             pushed: tuple[PushResult, ...] = ()
@@ -226,7 +242,7 @@ def _build_one(
                 console(spec.name, f"pushing to {spec.repository}")
                 push_meter = console.meter(spec.name, "pushing")
                 try:
-                    pushed = push_refs(engine, spec.refs, log=log, on_progress=push_meter)
+                    pushed = push_refs(engine, spec.refs, log=log, on_progress=push_meter, stopped=stopped)
                 finally:
                     if push_meter:
                         push_meter.close()
@@ -238,8 +254,8 @@ def _build_one(
             )  # fmt: skip
         except Cancelled as exc:
             log.write(f"\nINTERRUPTED: {exc}\n")
-            for image in unsealed:  # built but never verified: it goes, as a failed one does
-                _discard(engine, image, log)
+            if exc.image_id:  # the build had finished when the interrupt came
+                unsealed.append(exc.image_id)
             if isinstance(exc, PartialCancel):
                 done.update(pushed=exc.pushed)
             return cancelled(f"while running ({exc})")
@@ -252,12 +268,19 @@ def _build_one(
         except Exception as exc:  # noqa: BLE001 - one image's surprise must not sink the others' reports
             log.write(f"\nUNEXPECTED ERROR: {exc!r}\n{traceback.format_exc()}")
             return failed(f"unexpected error: {exc!r} (traceback in the log)")
+        finally:
+            for image in unsealed:  # built but never sealed (failed, crashed, interrupted): no later run or user may find it
+                _discard(engine, image, log)
 
 
 def _existing(engine: Engine, inputs: str, *, gpus: bool) -> ImageInfo | None:
     """An image sealed as verified for exactly these inputs (with GPUs when this run verifies with them), if the engine has one."""
-    verified = (info for info in engine.images_with_label(contract.BUILD_HASH, inputs) if contract.sealed(info.labels, inputs, gpus=gpus))
-    return next(verified, None)
+    for info in engine.images_with_label(contract.BUILD_HASH, inputs):
+        # Labels are inherited: an image someone built FROM ours carries the same seal, so the seal must be
+        # the image's own newest step as well.
+        if contract.sealed(info.labels, inputs, gpus=gpus) and contract.seal_step(inputs) in (engine.history(info.id) or [""])[0]:
+            return info
+    return None
 
 
 def _discard(engine: Engine, image_id: str, log: TextIO) -> None:
@@ -272,5 +295,6 @@ def _finalize(engine: Engine, built: str, report: VerifyReport, log: TextIO, *, 
     """Seal the verified image: a metadata-only layer with what verification saw and the build it passed for."""
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     labels = contract.verified_labels(report, build_hash=build_hash, gpus=gpus, created=created)
-    lines = [f"FROM {built}"] + [f"LABEL {key}={dockerfile_quote(value)}" for key, value in sorted(labels.items())]
-    return engine.build(context_tar({"Dockerfile": ("\n".join(lines) + "\n").encode()}), log=log)
+    # One LABEL step: the image's newest history entry is then the seal itself, which an image built on top lacks.
+    pairs = " ".join(f"{key}={dockerfile_quote(value)}" for key, value in sorted(labels.items()))
+    return engine.build(context_tar({"Dockerfile": f"FROM {built}\nLABEL {pairs}\n".encode()}), log=log)

@@ -13,9 +13,11 @@ from .model import PushResult
 RETRIES = 3
 
 
-def tag_image(engine: Engine, image_id: str, refs: tuple[str, ...]) -> None:
-    """Point every release reference at the verified image."""
+def tag_image(engine: Engine, image_id: str, refs: tuple[str, ...], *, stopped: Callable[[], bool] = lambda: False) -> None:
+    """Point every release reference at the verified image (none more once an interrupt came)."""
     for ref in refs:
+        if stopped():
+            raise Cancelled(f"tagging stopped by an interrupt before {ref}")
         engine.tag(image_id, ref)
 
 
@@ -26,6 +28,7 @@ def push_refs(
     log: TextIO,
     sleep: Callable[[float], None] = time.sleep,
     on_progress: Callable[[int, int], None] | None = None,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> tuple[PushResult, ...]:
     """Push each reference; the digest is read back from the registry and must match the push's.
 
@@ -34,6 +37,8 @@ def push_refs(
     results: list[PushResult] = []
     try:
         for index, ref in enumerate(refs):
+            if stopped():
+                raise Cancelled(f"pushing stopped by an interrupt before {ref}")
             progress: dict[str, Callable[[int, int], None]] = {"on_progress": on_progress} if on_progress and index == 0 else {}
             pushed = _retry(partial(engine.push, ref, log=log, **progress), what=f"push of {ref}", log=log, sleep=sleep)
             served = _retry(partial(engine.remote_digest, ref), what=f"reading {ref} back", log=log, sleep=sleep)

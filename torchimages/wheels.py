@@ -81,6 +81,32 @@ def pip_environment(isolated: bool) -> dict[str, str] | None:
     return {**env, "PIP_CONFIG_FILE": os.devnull}
 
 
+class _Pips:
+    """The pip processes running now: an interrupt stops them, and no more start until the run is over."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[str]] = set()
+
+    def add(self, process: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._running.add(process)
+
+    def discard(self, process: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self._lock:
+            for process in self._running:
+                process.terminate()
+
+
+PIPS = _Pips()
+
+
 def pip_run(
     args: list[str],
     log: TextIO,
@@ -95,6 +121,8 @@ def pip_run(
     With on_download, pip reports each download's bytes (`--progress-bar raw`) and they are passed on as
     (file name, bytes done, bytes in all); those lines stay out of the log.
     """
+    if PIPS.stopped.is_set():
+        raise WheelError(f"{what}: interrupted before pip started")
     command = [sys.executable, "-m", "pip", *args, *(["--progress-bar", "raw"] if on_download else [])]
     log.write(mask_credentials("$ " + " ".join(command)) + "\n")
     log.flush()
@@ -119,6 +147,7 @@ def pip_run(
 
         timer = threading.Timer(PIP_TIMEOUT, expire)
         timer.start()
+        PIPS.add(process)
         try:
             assert process.stdout is not None
             for line in process.stdout:
@@ -134,9 +163,12 @@ def pip_run(
             process.kill()  # nothing of ours reads its output any more: pip must not run on unseen
             raise
         finally:
+            PIPS.discard(process)
             timer.cancel()
             log.flush()
     text = "".join(output)
+    if code != 0 and PIPS.stopped.is_set():
+        raise WheelError(f"{what}: pip was stopped by an interrupt")
     if code != 0 and timed_out.is_set():
         raise WheelError(f"{what}: pip ran past {PIP_TIMEOUT} s")
     if code != 0:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,12 +18,14 @@ import yaml
 from torchimages.engine import Engine
 from torchimages.matrix import load_matrix
 from torchimages.model import BuildResult
+from torchimages.testing.services import ensure_engine
 from torchimages.testing.testenv import in_registry
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
+UNBUFFERED = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as it is printed, for tests that react to one
 
 
 def _matrix(tmp_path: Path, *, registry: str, repository: str, images: list[dict]) -> Path:
@@ -133,26 +137,143 @@ def test_sigint_mid_build_stops_everything_and_tags_nothing(
         "--wheelhouse",
         str(WHEELHOUSE),
     ]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=UNBUFFERED)
+    seen, signalled = [], time.monotonic()  # reset when the signal is sent
     try:
         assert process.stdout is not None
         for line in process.stdout:
             seen.append(line)
             if f"[{first.name}] step 4/" in line:  # the apt step of the first image is running
                 process.send_signal(signal.SIGINT)
+                signalled = time.monotonic()
                 break
         output = "".join(seen) + process.communicate(timeout=600)[0]
+        stopped_after = time.monotonic() - signalled
     finally:
         process.kill()
     assert process.returncode == 130, output
     assert "Traceback" not in output
     records = {r["name"]: r for r in json.loads((out / "report.json").read_text())["images"]}
-    assert records[first.name]["status"] == "cancelled", records[first.name]
+    # Cancelled while it ran, not left to finish and then kept from the tags.
+    assert records[first.name]["status"] == "cancelled" and "while running" in records[first.name]["error"], records[first.name]
+    assert stopped_after < 60, f"the run took {stopped_after:.0f} s to stop"
     assert (records[second.name]["status"], records[second.name]["error"]) == ("cancelled", "interrupted before it started")
     for spec in (first, second):
         for ref in spec.refs:
             assert engine.image(ref) is None, f"{ref} is tagged"
             assert not in_registry(ref), f"{ref} was pushed"
     api = docker.from_env().api
+    deadline = time.monotonic() + 30  # dockerd removes a cancelled step's container as it unwinds
+    while api.containers(all=True) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert api.containers(all=True) == [], "a build or verification container was left behind"
+
+
+def test_a_registry_killed_mid_push_fails_the_image_and_a_rerun_completes(
+    built: list[BuildResult], scratch_registry, tmp_path: Path, untag_after: Callable[[Path], None]
+) -> None:
+    repository = "torch-images-test/killed"
+    images = [yaml.safe_load(FIXTURE.read_text())["images"][0]]  # the CPU image, reused from the session build
+    config = _matrix(tmp_path, registry=scratch_registry.address, repository=repository, images=images)
+    untag_after(config)
+    (spec,) = load_matrix(config).images
+    command = [sys.executable, "-m", "invoke", "build", "--config", str(config), "--push", "--wheelhouse", str(WHEELHOUSE)]
+    process = subprocess.Popen(
+        [*command, "--out-dir", str(tmp_path / "out1")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=UNBUFFERED,
+    )
+    seen = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if f"[{spec.name}] pushing to" in line:
+                time.sleep(1.5)  # some layers are on their way
+                scratch_registry.kill()
+                break
+        output = "".join(seen) + process.communicate(timeout=900)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 1, output
+    assert "Traceback" not in output and f"push of {spec.refs[0]} failed" in output, output
+    record = json.loads((tmp_path / "out1" / "report.json").read_text())["images"][0]
+    assert (record["status"], record["verified"], record["pushed"]) == ("failed", True, [])
+    scratch_registry.start()  # back, on the same storage
+    for tag in scratch_registry.tags(repository):  # whatever got through names a whole image
+        assert scratch_registry.manifest_complete(repository, tag), f"{tag} points at a partial image"
+    rerun = _invoke("build", *command[4:], "--out-dir", str(tmp_path / "out2"))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert sorted(scratch_registry.tags(repository)) == sorted(spec.tags)
+    assert all(scratch_registry.manifest_complete(repository, tag) for tag in spec.tags)
+
+
+def test_dockerd_killed_mid_build_is_one_clear_message_and_the_next_run_works(
+    engine: Engine, built: list[BuildResult], tmp_path: Path, untag_after: Callable[[Path], None]
+) -> None:
+    pid_file = Path("/var/run/docker.pid")
+    if os.geteuid() != 0 or not pid_file.exists():
+        pytest.skip("needs the dockerd that `invoke testenv` runs as root, to kill it and start it again")
+    images = [{**yaml.safe_load(FIXTURE.read_text())["images"][0], "apt_packages": ["sl"]}]  # an apt step: a build that takes a while
+    config = _matrix(tmp_path, registry="127.0.0.1:5000", repository="torch-images-test/engine-killed", images=images)
+    untag_after(config)
+    (spec,) = load_matrix(config).images
+    command = [sys.executable, "-m", "invoke", "build", "--config", str(config), "--wheelhouse", str(WHEELHOUSE)]
+    process = subprocess.Popen(
+        [*command, "--out-dir", str(tmp_path / "out1")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=UNBUFFERED,
+    )
+    seen, daemon = [], 0
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if f"[{spec.name}] step 4/" in line:  # the apt step is running inside dockerd
+                daemon = int(pid_file.read_text())
+                os.kill(daemon, signal.SIGKILL)
+                break
+        output = "".join(seen) + process.communicate(timeout=600)[0]
+    finally:
+        process.kill()
+        deadline = time.monotonic() + 30
+        while daemon and time.monotonic() < deadline and Path(f"/proc/{daemon}").exists():
+            time.sleep(0.2)
+        ensure_engine(print)  # the engine comes back for every test that follows, also when this one fails
+    assert process.returncode == 1, output
+    assert "Traceback" not in output, output
+    record = json.loads((tmp_path / "out1" / "report.json").read_text())["images"][0]
+    assert record["status"] == "failed" and "Docker engine" in record["error"], record["error"]
+    rerun = _invoke("build", *command[4:], "--out-dir", str(tmp_path / "out2"))
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert engine.image(spec.refs[0]) is not None
+
+
+def test_a_full_disk_while_fetching_wheels_is_one_clear_message_and_nothing_is_tagged(
+    engine: Engine, built: list[BuildResult], tmp_path: Path, untag_after: Callable[[Path], None]
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    try:
+        images = [yaml.safe_load(FIXTURE.read_text())["images"][0]]
+        config = _matrix(tmp_path, registry="127.0.0.1:5000", repository="torch-images-test/disk-full", images=images)
+        untag_after(config)
+        (spec,) = load_matrix(config).images
+        done = _invoke("build", "--config", str(config), "--out-dir", str(tmp_path / "out"), "--wheelhouse", str(small / "wheelhouse"))
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert "No space left on device" in output, output[-3000:]
+    record = json.loads((tmp_path / "out" / "report.json").read_text())["images"][0]
+    assert record["status"] == "failed" and record["tags"] == [] and record["pushed"] == []
+    assert engine.image(spec.refs[0]) is None

@@ -131,9 +131,12 @@ def test_push_progress_adds_up_the_layers_and_counts_finished_ones_whole() -> No
 
 def test_a_cancelled_engine_closes_the_stream_it_reads_and_says_so() -> None:
     closed: list[str] = []
+    started: list[str] = []
 
     def endless(kind: str) -> Iterator[dict]:
+        started.append(kind)
         try:
+            engine.cancel()  # the interrupt arrives while the stream runs
             while True:
                 yield {"stream": "Step 1/2 : RUN sleep 600\n"} if kind == "build" else {"status": "Pushing", "id": "a"}
         finally:
@@ -143,9 +146,27 @@ def test_a_cancelled_engine_closes_the_stream_it_reads_and_says_so() -> None:
     api.build = lambda **_: endless("build")  # type: ignore[method-assign]
     api.push = lambda *_, **__: endless("push")  # type: ignore[method-assign]
     engine = engine_with(api)
-    engine.cancel()
     with pytest.raises(Cancelled, match="the build stopped by an interrupt"):
         engine.build(b"", log=io.StringIO())
+    engine.cancelled.clear()
     with pytest.raises(Cancelled, match="the push of r/a:t stopped by an interrupt"):
         engine.push("r/a:t")
     assert closed == ["build", "push"]
+    with pytest.raises(Cancelled):  # once cancelled, nothing new is even asked of the engine
+        engine.push("r/a:t2")
+    assert started == ["build", "push"]
+
+
+def test_a_build_that_finished_as_the_interrupt_came_names_its_image() -> None:
+    engine = engine_with(FakeApi())
+    stream = [{"stream": "Step 1/1 : FROM debian\n"}, {"aux": {"ID": "sha256:abc"}}]
+
+    def build(**_: object) -> Iterator[dict]:
+        yield stream[0]
+        engine.cancel()
+        yield stream[1]
+
+    engine._api.build = build  # type: ignore[attr-defined]
+    with pytest.raises(Cancelled) as caught:
+        engine.build(b"", log=io.StringIO())
+    assert caught.value.image_id == "sha256:abc"  # so that the pipeline removes it

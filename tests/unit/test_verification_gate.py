@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import tarfile
 import threading
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class FakeEngine:
     cancelled: threading.Event = field(default_factory=threading.Event)
     interrupt_during: str = ""  # "build", "verify", "tag" or "push": a signal arrives then
     stop: threading.Event | None = None
+    history_of: dict[str, list[str]] = field(default_factory=dict)
+
+    def history(self, ref: str) -> list[str]:
+        return self.history_of[self.tags.get(ref, ref)]
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -82,14 +87,16 @@ class FakeEngine:
         parent = dockerfile.split("FROM ", 1)[1].split()[0]
         if parent in (CPU.base_image, CUDA.base_image):  # the image's own Dockerfile: its labels are the promise
             inherited = dict(self.base_labels)
-        else:  # the seal: FROM the built image, then one `LABEL key="value"` per line
+        else:  # the seal: FROM the built image, then one LABEL step with every pair
             inherited = dict(self.images[parent].labels)
-            for line in dockerfile.splitlines()[1:]:
-                key, value = line.removeprefix("LABEL ").split("=", 1)
-                inherited[key] = json.loads(value)
+            for pair in shlex.split(dockerfile.splitlines()[1].removeprefix("LABEL ")):
+                key, value = pair.split("=", 1)
+                inherited[key] = value
         self.builds += 1
         image_id = f"sha256:{self.builds:064x}"
         self.images[image_id] = ImageInfo(id=image_id, size=10, labels={**inherited, **(labels or {})})
+        last = dockerfile.strip().splitlines()[-1]  # what `docker history` shows for the newest step, quotes dropped
+        self.history_of[image_id] = ["/bin/sh -c #(nop)  " + (" ".join(shlex.split(last)) if last.startswith("LABEL") else last)]
         self._interrupt("build")  # the signal arrives as the build finishes: the build itself completed
         return image_id
 
@@ -102,6 +109,8 @@ class FakeEngine:
         return RunResult(exit_code=self.verify_exit, output=self.verify)
 
     def tag(self, image_id: str, ref: str) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled(f"tagging {ref} stopped by an interrupt")
         self.tags[ref] = image_id
         self._interrupt("tag")
 
@@ -157,6 +166,18 @@ def test_a_broken_promise_fails_even_when_torch_verify_passed(spec: ImageSpec, c
     assert reason in (result.error or "")
     assert engine.tags == {} and engine.pushed == []
     assert all(contract.VERIFIED not in info.labels for info in engine.images.values())
+
+
+@pytest.mark.parametrize(
+    ("output", "exit_code", "error"),
+    [("Segmentation fault\n", 139, "torch-verify printed no report"), ("", 137, "torch-verify printed no report")],
+    ids=["crash", "killed"],
+)
+def test_a_verifier_that_crashes_fails_the_image_and_the_image_goes(output: str, exit_code: int, error: str, tmp_path: Path) -> None:
+    engine = FakeEngine(verify=output, verify_exit=exit_code)
+    result = build(engine, CPU, tmp_path, push=True)
+    assert result.status == "failed" and error in (result.error or "")
+    assert engine.images == {} and engine.tags == {} and engine.pushed == []
 
 
 def test_a_failing_torch_verify_is_neither_tagged_nor_pushed_and_the_image_goes(tmp_path: Path) -> None:
@@ -255,5 +276,41 @@ def test_an_interrupt_after_the_build_leaves_nothing_tagged_and_after_tagging_no
     assert result.status == "cancelled" and engine.tags == {} and engine.pushed == []
     engine = FakeEngine(verify=verify_output(CPU), interrupt_during="tag")
     result = build(engine, CPU, tmp_path, stop=threading.Event(), push=True)
-    assert (result.status, result.error) == ("cancelled", "interrupted after tagging, before pushing")
+    assert result.status == "cancelled" and "tagging stopped by an interrupt before" in (result.error or "")
+    assert list(engine.tags) == [CPU.refs[0]], "a reference was tagged after the signal"
     assert result.verified is True and engine.pushed == []
+
+
+def test_an_interrupt_after_verification_reports_what_verification_saw(tmp_path: Path) -> None:
+    stop = threading.Event()
+    engine = FakeEngine(verify=verify_output(CPU))
+    engine.run = _then_set(engine.run, stop)  # type: ignore[method-assign]
+    result = build(engine, CPU, tmp_path, stop=stop, push=True)
+    assert (result.status, result.error) == ("cancelled", "interrupted after verification, before tagging")
+    assert result.verified is True and result.image_id in engine.images and result.verify is not None and result.verify.ok
+    assert engine.tags == {}
+
+
+def _then_set(method, event: threading.Event):
+    def wrapper(*args, **kwargs):
+        outcome = method(*args, **kwargs)
+        event.set()
+        return outcome
+
+    return wrapper
+
+
+def test_an_image_built_from_ours_by_someone_else_is_never_taken_for_ours(tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(CPU))
+    ours = build(engine, CPU, tmp_path).image_id
+    assert ours is not None
+    # `FROM <our image>` + `RUN pip install x`, built on the same engine: Docker copies every label, seal included.
+    theirs = "sha256:" + "e" * 64
+    engine.images = {theirs: ImageInfo(id=theirs, size=11, labels=dict(engine.images[ours].labels)), **engine.images}
+    engine.history_of[theirs] = ["/bin/sh -c pip install x"]
+    again = build(engine, CPU, tmp_path, push=True)
+    assert again.status == "unchanged" and again.image_id == ours
+    assert {engine.tags[ref] for ref in CPU.refs} == {ours}
+    engine.images.pop(ours)  # ours is gone: theirs must not stand in for it
+    rebuilt = build(engine, CPU, tmp_path)
+    assert rebuilt.status == "built" and rebuilt.image_id != theirs
