@@ -384,24 +384,30 @@ def matrix(
 
 @task(
     help={
-        "config": "only this matrix file (default: images.yaml and the test matrix, and stale folders are pruned)",
+        "config": "only this matrix file (default: images.yaml and the test matrix, and stale folders are pruned); "
+        "another file's Dockerfiles go to OUT_DIR/dockerfiles",
         "check": "change nothing; fail if any rendered Dockerfile is stale",
+        "out_dir": "where another matrix file's Dockerfiles go (default: build)",
     }
 )
-def render(c: Context, config: str = "", check: bool = False) -> None:
+def render(c: Context, config: str = "", check: bool = False, out_dir: str = "build") -> None:
     """Render every entry to dockerfiles/generated/<image>/Dockerfile."""
-    from torchimages.render import sync_generated
+    from torchimages.render import GENERATED, sync_generated
 
-    configs = [config] if config else ["images.yaml", FIXTURE]
+    checked_in = [str(ROOT / "images.yaml"), str(ROOT / FIXTURE)]
+    configs = [_config(config)] if config else checked_in
+    # Only the checked-in matrices own dockerfiles/generated: another file with the same image names must not overwrite them.
+    root = GENERATED if all(str(Path(name).resolve()) in checked_in for name in configs) else Path(out_dir).resolve() / "dockerfiles"
     with _clean_errors():
         # The checked-in files follow the files alone, not $TORCH_IMAGES_BASE_MIRROR.
-        loaded = [matrix_mod.load_matrix(_config(name), use_environment=False) for name in configs]
+        loaded = [matrix_mod.load_matrix(name, use_environment=False) for name in configs]
         matrices = [([*m.images, *m.deprecated], m.wheel_port) for m in loaded]
-        stale = sync_generated(matrices, check=check, prune=not config)
+        stale = sync_generated(matrices, check=check, prune=not config, root=root)
     if check and stale:
         raise Exit("stale rendered Dockerfiles (run `invoke render`):\n  " + "\n  ".join(stale), code=1)
     count = sum(len(specs) for specs, _ in matrices)
-    print(f"{'checked' if check else 'rendered'} {count} Dockerfiles" + (f", {len(stale)} changed" if stale else ""))
+    where = "" if root == GENERATED else f" in {root}"
+    print(f"{'checked' if check else 'rendered'} {count} Dockerfiles{where}" + (f", {len(stale)} changed" if stale else ""))
 
 
 @task(help={"config": f"matrix whose bases to provide (default: {FIXTURE})"})

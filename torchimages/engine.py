@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
@@ -115,7 +116,7 @@ def _engine_errors(what: str) -> Iterator[None]:
     """The SDK's own errors (API answers, lost connections) become EngineError naming what was being done."""
     try:
         yield
-    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+    except (docker.errors.APIError, requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise EngineError(f"{what}: {getattr(exc, 'explanation', None) or exc}") from None
 
 
@@ -237,7 +238,7 @@ class Engine:
                     raise BuildError(message, step=step, tail="\n".join(tail))
         except docker.errors.APIError as exc:
             raise BuildError(str(exc.explanation or exc), step=step, tail="\n".join(tail)) from None
-        except requests.exceptions.RequestException as exc:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise BuildError(f"lost the Docker engine during the build: {exc}", step=step) from None
         finally:
             log.flush()
@@ -278,7 +279,9 @@ class Engine:
                 output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
             return RunResult(exit_code=int(status.get("StatusCode", -1)), output=output)
         finally:
-            with suppress(docker.errors.APIError, requests.exceptions.RequestException):  # an engine that is gone keeps nothing
+            with suppress(
+                docker.errors.APIError, requests.exceptions.RequestException, urllib3.exceptions.HTTPError
+            ):  # an engine that is gone keeps nothing
                 container.remove(force=True)
 
     def _wait(self, container: Any, timeout: float, *, what: str) -> dict[str, Any]:
@@ -366,7 +369,7 @@ class Engine:
         except docker.errors.APIError as exc:
             text = str(exc.explanation or exc)
             raise PushError(f"push of {ref} failed: {text}", transient=_transient(text)) from None
-        except requests.exceptions.RequestException as exc:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise PushError(f"push of {ref} failed: lost the engine: {exc}", transient=True) from None
         if digest is None:
             raise PushError(f"push of {ref} finished without a digest", transient=False)
@@ -387,6 +390,8 @@ class Engine:
                     raise PullError(f"pull of {ref} failed: {message.strip()}")
         except docker.errors.APIError as exc:
             raise PullError(f"pull of {ref} failed: {exc.explanation or exc}") from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise PullError(f"pull of {ref} failed: lost the Docker engine: {exc}") from None
         info = self.image(ref)
         if info is None:
             raise PullError(f"pull of {ref} reported success but the image is not there")

@@ -114,7 +114,16 @@ def plan_run(
         # The token travels in the environment (`-e NAME` copies it from ours), never on a command line.
         env["JUPYTER_TOKEN"] = token
         argv += ["-e", "JUPYTER_TOKEN"]
-        command = ["jupyter", "lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser", f"--ServerApp.root_dir={WORKSPACE}"]
+        # --allow-root: the container runs as the caller, and a caller who is root gets jupyter all the same.
+        command = [
+            "jupyter",
+            "lab",
+            "--ip=0.0.0.0",
+            f"--port={JUPYTER_PORT}",
+            "--no-browser",
+            "--allow-root",
+            f"--ServerApp.root_dir={WORKSPACE}",
+        ]
         notes.append(f"jupyter: http://127.0.0.1:{jupyter_port}/lab?token={token}")
     elif tensorboard:
         logdir = _inside(cwd, tensorboard)

@@ -78,9 +78,9 @@ def _display_path(path: str) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
 
 
-def generated_path(spec: ImageSpec) -> Path:
+def generated_path(spec: ImageSpec, root: Path = GENERATED) -> Path:
     """dockerfiles/generated/<image>/Dockerfile."""
-    return GENERATED / spec.name / "Dockerfile"
+    return root / spec.name / "Dockerfile"
 
 
 def context_files(spec: ImageSpec, *, dockerfile: str, requirements: str, installer: str) -> dict[str, bytes]:
@@ -111,26 +111,25 @@ def context_tar(files: Mapping[str, bytes], *, modes: Mapping[str, int] | None =
     return buffer.getvalue()
 
 
-def sync_generated(matrices: list[tuple[list[ImageSpec], int]], *, check: bool, prune: bool) -> list[str]:
-    """Write (or with check, only compare) every rendered Dockerfile; return the stale paths.
+def sync_generated(matrices: list[tuple[list[ImageSpec], int]], *, check: bool, prune: bool, root: Path = GENERATED) -> list[str]:
+    """Write (or with check, only compare) every rendered Dockerfile under root; return the stale paths.
 
-    With prune, a folder under dockerfiles/generated that no given image renders to is stale too
-    (and removed unless checking).
+    With prune, a folder under root that no given image renders to is stale too (and removed unless checking).
     """
     stale = []
     wanted = set()
     for specs, wheel_port in matrices:
         for spec in specs:
-            path = generated_path(spec)
+            path = generated_path(spec, root)
             wanted.add(path.parent.name)
             text = render_dockerfile(spec, wheel_port=wheel_port)
             if not path.exists() or path.read_text() != text:
-                stale.append(str(path.relative_to(ROOT)))
+                stale.append(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))
                 if not check:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(text)
-    if prune and GENERATED.exists():
-        for folder in sorted(GENERATED.iterdir()):
+    if prune and root.exists():
+        for folder in sorted(root.iterdir()):
             if folder.is_dir() and folder.name not in wanted:
                 stale.append(f"{folder.relative_to(ROOT)} (no image renders here)")
                 if not check:

@@ -210,6 +210,7 @@ def _netrc(credentials: Sequence[Credential]) -> Iterator[str | None]:
         yield str(path)
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")
 _PROGRESS = re.compile(r"Progress (?P<done>\d+) of (?P<total>\d+)")
 _DOWNLOADING = re.compile(r"Downloading (?P<name>\S+)")
 DownloadProgress = Callable[[str, int, int], None]
@@ -219,6 +220,9 @@ def pip_reason(output: str) -> str:
     """pip's own explanation of a failure: its ERROR lines and the conflict it names, on one line."""
     lines = output.splitlines()
     reasons = [line.removeprefix("ERROR: ").strip() for line in lines if line.startswith("ERROR") and "dealing-with" not in line]
+    if "Exception:" in reasons:  # pip crashed (a full disk, say): its traceback's last line says why
+        last = [line for line in lines if _EXCEPTION_LINE.match(line)]
+        reasons = [last[-1] if r == "Exception:" and last else r for r in reasons]
     if "The conflict is caused by:" in lines:
         start = lines.index("The conflict is caused by:") + 1
         causes = [line.strip() for line in lines[start:] if line.startswith("    ")][:4]

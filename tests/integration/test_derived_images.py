@@ -7,8 +7,11 @@ import hashlib
 import io
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -159,3 +162,49 @@ def test_invoke_doctor_reports_this_host(engine: Engine) -> None:
         assert "NVIDIA driver: none (nvidia-smi is not installed" in done.stdout
         assert "no NVIDIA GPU: only the CPU images can use this host" in done.stdout
     assert done.stdout.rstrip().endswith("OK: this host can run 1 of 3 images.") or shutil.which("nvidia-smi")
+
+
+def _serve(args: list[str], url_prefix: str, cwd: Path) -> tuple[str, int]:
+    """Start `invoke run` with a server, wait for the URL it prints to answer, stop it; (the URL, the HTTP status)."""
+    command = [sys.executable, "-m", "invoke", "-r", str(ROOT), "run", *args]
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert process.stderr is not None
+        url = ""
+        for line in process.stderr:
+            if line.startswith(url_prefix):
+                url = line.split(": ", 1)[1].split()[0]
+                break
+        assert url.startswith("http://127.0.0.1:"), f"no URL printed (exit {process.wait(timeout=30)}): {process.stderr.read()}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return url, response.status
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(1)
+    finally:
+        process.send_signal(signal.SIGINT)  # docker proxies it to the container, which stops and goes (--rm)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_invoke_run_starts_jupyter_and_tensorboard_and_prints_their_urls(cpu_image: str, free_port: int, tmp_path: Path) -> None:
+    url, status = _serve(["--image", cpu_image, "--jupyter", "--jupyter-port", str(free_port)], "jupyter: ", tmp_path)
+    assert status == 200 and url.startswith(f"http://127.0.0.1:{free_port}/lab?token=")
+    (tmp_path / "runs").mkdir()
+    with socket.socket() as sock:  # another port: the first may be held until its container is gone
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url, status = _serve(["--image", cpu_image, "--tensorboard", "runs", "--tensorboard-port", str(port)], "tensorboard: ", tmp_path)
+    assert status == 200 and url == f"http://127.0.0.1:{port}/"
+    leftovers = docker.from_env().api.containers(all=True, filters={"ancestor": cpu_image})
+    deadline = time.monotonic() + 30
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(1)
+        leftovers = docker.from_env().api.containers(all=True, filters={"ancestor": cpu_image})
+    assert leftovers == [], "invoke run left a container behind"

@@ -197,3 +197,15 @@ def test_a_config_error_never_prints_an_index_password(tmp_path: Path) -> None:
     done = invoke("matrix", "--config", str(path))
     assert done.returncode == 1 and "https://***@idx.example/whl x" in done.stderr
     assert "s3cret" not in done.stdout + done.stderr
+
+
+def test_rendering_another_matrix_never_touches_the_checked_in_dockerfiles(tmp_path: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text((ROOT / "tests" / "fixtures" / "images.yaml").read_text().replace('python: "3.11"', 'python: "3.11"  # mine'))
+    shipped = ROOT / "dockerfiles" / "generated" / "2.13.0-py3.11-cpu-debian12" / "Dockerfile"
+    before = shipped.read_bytes()
+    done = invoke("render", "--config", str(other), "--out-dir", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "out" / "dockerfiles" / "2.13.0-py3.11-cpu-debian12" / "Dockerfile"
+    assert written.exists() and "other.yaml" in written.read_text().splitlines()[0]
+    assert shipped.read_bytes() == before

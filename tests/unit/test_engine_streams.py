@@ -170,3 +170,16 @@ def test_a_build_that_finished_as_the_interrupt_came_names_its_image() -> None:
     with pytest.raises(Cancelled) as caught:
         engine.build(b"", log=io.StringIO())
     assert caught.value.image_id == "sha256:abc"  # so that the pipeline removes it
+
+
+def test_an_engine_that_dies_mid_build_is_a_build_error_not_a_crash() -> None:
+    import urllib3.exceptions
+
+    def dying(**_: object) -> Iterator[dict]:
+        yield {"stream": "Step 4/23 : RUN apt-get install sl\n"}
+        raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(0 bytes read)")
+
+    api = FakeApi()
+    api.build = dying  # type: ignore[method-assign]
+    with pytest.raises(BuildError, match="lost the Docker engine during the build"):
+        engine_with(api).build(b"", log=io.StringIO())

@@ -84,3 +84,13 @@ def test_reading_the_digest_back_is_retried_when_transient() -> None:
     engine = FlakyRegistry()
     (result,) = push_refs(engine, ("r/a:t",), log=io.StringIO(), sleep=lambda _: None)  # type: ignore[arg-type]
     assert (result.digest, engine.reads, engine.pushes) == ("sha256:aa", 2, 1)
+
+
+def test_a_pip_crash_is_explained_by_the_last_line_of_its_traceback() -> None:
+    from torchimages.wheels import pip_reason
+
+    output = (
+        'Saved ./x.whl\nERROR: Exception:\nTraceback (most recent call last):\n  File "shutil.py", line 144\n'
+        "    sent = os.sendfile(outfd, infd, offset, blocksize)\nOSError: [Errno 28] No space left on device: '/tmp/a' -> '/w/a'\n"
+    )
+    assert pip_reason(output) == "OSError: [Errno 28] No space left on device: '/tmp/a' -> '/w/a'"
