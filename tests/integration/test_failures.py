@@ -18,7 +18,7 @@ import yaml
 from torchimages.engine import Engine
 from torchimages.matrix import load_matrix
 from torchimages.model import BuildResult
-from torchimages.testing.services import ensure_engine
+from torchimages.testing.services import ensure_engine, process_alive
 from torchimages.testing.testenv import in_registry
 
 pytestmark = pytest.mark.integration
@@ -57,9 +57,10 @@ def test_a_broken_entry_fails_alone_and_nothing_of_it_is_tagged_or_pushed(
     done = _invoke("build", "--config", str(config), "--push", "--out-dir", str(out), "--wheelhouse", str(WHEELHOUSE))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
-    assert "2 of 3 images failed" in done.stderr
-    assert done.stderr.count(": the end of ") == 2  # each failed image's log tail is shown
     records = {r["name"]: r for r in json.loads((out / "report.json").read_text())["images"]}
+    errors = "\n".join(f"{name}: {record['error']}" for name, record in records.items())
+    assert "2 of 3 images failed" in done.stderr, errors + "\n" + done.stdout[-4000:]
+    assert done.stderr.count(": the end of ") == 2  # each failed image's log tail is shown
     bad_pip, bad_apt, good = (records[name] for name in sorted(records, key=lambda n: ("cpu" not in n, "runtime" in n)))
     assert bad_pip["status"] == "failed" and "torch-images-no-such-package" in bad_pip["error"]
     assert bad_apt["status"] == "failed" and "step 4/" in bad_apt["error"], bad_apt["error"]
@@ -243,7 +244,7 @@ def test_dockerd_killed_mid_build_is_one_clear_message_and_the_next_run_works(
     finally:
         process.kill()
         deadline = time.monotonic() + 30
-        while daemon and time.monotonic() < deadline and Path(f"/proc/{daemon}").exists():
+        while daemon and time.monotonic() < deadline and process_alive(daemon):
             time.sleep(0.2)
         ensure_engine(print)  # the engine comes back for every test that follows, also when this one fails
     assert process.returncode == 1, output

@@ -65,8 +65,7 @@ def ensure_engine(say: Say) -> Engine:
         )
     _remove_stale_pid_file(Path("/var/run/docker.pid"))
     say("testenv: starting dockerd")
-    dockerd_log = open(STATE / "dockerd.log", "ab")  # noqa: SIM115 - handed to the daemon
-    subprocess.Popen(["dockerd"], stdout=dockerd_log, stderr=subprocess.STDOUT, start_new_session=True)
+    spawn_daemon(["dockerd"], log=STATE / "dockerd.log")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         time.sleep(1)
@@ -77,18 +76,47 @@ def ensure_engine(say: Say) -> Engine:
     raise TestEnvError(f"dockerd did not answer within 90 s; see {STATE / 'dockerd.log'}")
 
 
+_SPAWN = (
+    "import subprocess, sys\n"
+    "log = open(sys.argv[1], 'ab')\n"
+    "child = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)\n"
+    "print(child.pid)\n"
+)
+
+
+def spawn_daemon(command: list[str], *, log: Path, cwd: Path | None = None) -> int:
+    """Start a service that outlives us and return its pid.
+
+    An intermediate process starts it and exits, so the service is adopted by init, which reaps it when it dies.
+    Were it our own child, a service killed while we run (a test kills dockerd) would stay a zombie until we exit:
+    its pid still "alive", and dockerd refuses to start over a pid file that names a live process.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _SPAWN, str(log), *command], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise TestEnvError(f"could not start {command[0]}: {last[0]}")
+    return int(done.stdout)
+
+
+def process_alive(pid: int) -> bool:
+    """True while pid names a process that runs (a zombie, dead and not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # the state follows the command name, which may hold spaces
+
+
 def _remove_stale_pid_file(path: Path) -> None:
     """dockerd refuses to start over the pid file of a daemon that was killed (as at the end of a session)."""
     try:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_alive(pid):
         path.unlink(missing_ok=True)
-    except PermissionError:
-        pass
 
 
 def registry_up() -> bool:
@@ -114,8 +142,7 @@ def ensure_registry(say: Say) -> None:
         f"http:\n  addr: {REGISTRY}\n"
     )
     say(f"testenv: starting a registry on {REGISTRY}")
-    log = open(STATE / "registry.log", "ab")  # noqa: SIM115 - handed to the daemon
-    subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    spawn_daemon(["docker-registry", "serve", str(config)], log=STATE / "registry.log")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if registry_up():
@@ -179,10 +206,8 @@ def ensure_replica(say: Say) -> None:
         _stop(pid_file)
     STATE.mkdir(parents=True, exist_ok=True)
     say(f"testenv: starting the PyTorch index and PyPI replicas on {REPLICA}")
-    log = open(STATE / "replica.log", "ab")  # noqa: SIM115 - handed to the daemon
     command = [sys.executable, "-m", "torchimages.testing.replica", "--port", str(REPLICA_PORT), "--cache", str(STATE / "replica-cache")]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    pid_file.write_text(f"{process.pid}\n")
+    pid_file.write_text(f"{spawn_daemon(command, log=STATE / 'replica.log', cwd=ROOT)}\n")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if replica_digest() == wanted:
