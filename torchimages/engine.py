@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 import docker
@@ -40,12 +39,31 @@ class EngineUnavailable(EngineError):
 
 
 class BuildError(EngineError):
-    """The build stream reported an error, at a Dockerfile step."""
+    """The build stream reported an error, at a Dockerfile step.
+
+    Docker's own message for a failed RUN repeats the whole command and says only its exit code; the message here
+    says the exit code and why, in the words of the tool that failed (apt's `E:`, pip's `ERROR:`, an OSError)."""
 
     def __init__(self, message: str, *, step: str | None, tail: str = "") -> None:
         self.step = step
         self.tail = tail
+        if failed := _RUN_FAILED.fullmatch(message.strip()):
+            reason = build_reason(tail)
+            message = f"the command exited {failed.group(1)}" + (f": {reason}" if reason else "")
         super().__init__(f"{message} (at {step})" if step else message)
+
+
+_RUN_FAILED = re.compile(r"The command .* returned a non-zero code: (\d+)", re.DOTALL)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_REASON = re.compile(r"^(?:ERROR: |E: |error: |fatal: )|\[Errno \d+\]")
+
+
+def build_reason(output: str) -> str:
+    """What a failed RUN step's own tools said was wrong: their error lines, the last three, on one line."""
+    lines = [_ANSI.sub("", line).strip() for line in output.splitlines()]
+    reasons = [line.removeprefix("ERROR: ").removeprefix("E: ") for line in lines if _REASON.search(line)]
+    unique = list(dict.fromkeys(reasons))
+    return " ".join(unique[-3:])
 
 
 class PushError(EngineError):
@@ -304,26 +322,6 @@ class Engine:
                     container.kill()
                 raise RunTimeout(f"{what} ran past {timeout:.0f} s and was killed")
 
-    def start_service(self, image: str, command: list[str], *, ports: dict[str, tuple[str, int]], name: str) -> Service:
-        """Start a long-running container with ports published on loopback; stop it with Service.stop()."""
-        try:
-            container = self._client.containers.run(image, command, detach=True, ports=ports, name=name, remove=False)
-        except docker.errors.APIError as exc:
-            raise EngineError(f"cannot start {command[0]} in {image}: {exc.explanation or exc}") from None
-        return Service(container)
-
-    def import_rootfs(self, tar_path: Path, ref: str, *, changes: list[str]) -> str:
-        """Import a root file system tar as an image; return its ID."""
-        repository, tag = split_ref(ref)
-        try:
-            self._api.import_image(src=str(tar_path), repository=repository, tag=tag, changes=changes)
-        except docker.errors.APIError as exc:
-            raise EngineError(f"cannot import {tar_path} as {ref}: {exc.explanation or exc}") from None
-        info = self.image(ref)
-        if info is None:
-            raise EngineError(f"import of {tar_path} as {ref} left no image")
-        return info.id
-
     # -- tags, push, pull -----------------------------------------------------------------
 
     def tag(self, image_id: str, ref: str) -> None:
@@ -396,22 +394,6 @@ class Engine:
         if info is None:
             raise PullError(f"pull of {ref} reported success but the image is not there")
         return info.id
-
-
-class Service:
-    """A running container started by Engine.start_service."""
-
-    def __init__(self, container: Any) -> None:
-        self._container = container
-
-    def logs(self) -> str:
-        return str(self._container.logs().decode("utf-8", "replace"))
-
-    def stop(self) -> None:
-        try:
-            self._container.remove(force=True)
-        except docker.errors.APIError:
-            pass
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:

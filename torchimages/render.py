@@ -12,7 +12,6 @@ from pathlib import Path
 
 import jinja2
 
-from .config import printable
 from .labels import expected_labels
 from .model import ImageSpec
 
@@ -53,7 +52,10 @@ _RAW_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
 
 def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
-    """The Dockerfile for one image; the same spec always gives the same bytes."""
+    """The Dockerfile for one image; the same spec always gives the same bytes.
+
+    Nothing of where the spec was read (the config's name or folder) goes in: the bytes are part of the build hash,
+    and the same entry in another file, or in a clone elsewhere, is the same image."""
     # Values that go into the Dockerfile unquoted (FROM, the apt package list) must be plain words.
     for value in (spec.base_image, spec.python, *spec.apt_packages):
         if not _RAW_SAFE.fullmatch(value):
@@ -62,7 +64,6 @@ def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
         template = _environment().get_template("Dockerfile.j2")
         return template.render(
             spec=spec,
-            source=printable(_display_path(spec.source[0])),  # a file name can hold a newline and a RUN line
             apt_packages=sorted(spec.apt_packages),
             labels=sorted(expected_labels(spec).items()),
             wheel_port=wheel_port,
@@ -70,12 +71,6 @@ def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
         )
     except jinja2.TemplateError as exc:
         raise RenderError(f"{spec.name}: template error: {exc}") from exc
-
-
-def _display_path(path: str) -> str:
-    """The config path relative to the repository when it is inside it, so output does not depend on the cwd."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
 
 
 def generated_path(spec: ImageSpec, root: Path = GENERATED) -> Path:

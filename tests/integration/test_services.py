@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from torchimages.engine import Engine
+from torchimages.testing.containers import Service
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def test_tensorboard_serves_a_logdir(engine: Engine, cpu_image: str, free_port: 
     port = free_port
     write_event = "from tensorboardX import SummaryWriter as W; w = W('/tmp/logs'); w.add_scalar('x', 1.0, 0); w.close()"
     command = ["sh", "-c", f'python -c "{write_event}" && exec tensorboard --logdir /tmp/logs --port 6007 --bind_all']
-    service = engine.start_service(cpu_image, command, ports={"6007/tcp": ("127.0.0.1", port)}, name=f"ti-tb-{port}")
+    service = Service.start(cpu_image, command, ports={"6007/tcp": ("127.0.0.1", port)}, name=f"ti-tb-{port}")
     try:
         status, body = _get(f"http://127.0.0.1:{port}/data/runs")
         assert status == 200
@@ -45,7 +46,7 @@ def test_tensorboard_serves_a_logdir(engine: Engine, cpu_image: str, free_port: 
 def test_jupyter_serves(engine: Engine, cpu_image: str, free_port: int) -> None:
     port = free_port
     command = ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--ServerApp.token=", "--ServerApp.password="]
-    service = engine.start_service(cpu_image, command, ports={"8888/tcp": ("127.0.0.1", port)}, name=f"ti-jl-{port}")
+    service = Service.start(cpu_image, command, ports={"8888/tcp": ("127.0.0.1", port)}, name=f"ti-jl-{port}")
     try:
         status, body = _get(f"http://127.0.0.1:{port}/api")
         assert status == 200

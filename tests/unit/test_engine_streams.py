@@ -44,9 +44,33 @@ def test_build_error_names_the_step_and_the_message() -> None:
     with pytest.raises(BuildError) as caught:
         engine_with(FakeApi(build=stream)).build(b"", log=log)
     assert caught.value.step == "step 2/3: RUN apt-get install nope"
-    assert "non-zero code: 100" in str(caught.value) and "(at step 2/3" in str(caught.value)
+    assert str(caught.value) == "the command exited 100: Unable to locate package nope (at step 2/3: RUN apt-get install nope)"
     assert "Unable to locate package nope" in caught.value.tail
     assert "Unable to locate package" in log.getvalue()
+
+
+def test_a_full_disk_inside_a_build_is_named_with_pips_words() -> None:
+    """The classic builder sends a RUN step's stderr in red (ANSI escapes); pip's reason is its last ERROR line."""
+    stream = [
+        {"stream": "Step 9/23 : RUN set -eux; pip install -r requirements.txt\n"},
+        {"stream": "\x1b[91m+ pip install -r requirements.txt\n\x1b[0m"},
+        {"stream": "Processing /wheels/torch-2.13.0-cp311-cp311-linux_x86_64.whl\n"},
+        {"stream": "\x1b[91mERROR: Could not install packages due to an OSError: [Errno 28] No space left on device\n\x1b[0m"},
+        {"stream": "\x1b[91m\n\x1b[0m"},
+        {"error": "The command '/bin/sh -c set -eux; pip install -r requirements.txt' returned a non-zero code: 1"},
+    ]
+    with pytest.raises(BuildError) as caught:
+        engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO())
+    message = str(caught.value)
+    assert message.startswith("the command exited 1: Could not install packages due to an OSError: [Errno 28] No space left on device")
+    assert "/bin/sh -c" not in message
+
+
+def test_a_build_error_that_is_not_a_failed_command_is_kept_as_docker_says_it() -> None:
+    stream = [{"stream": "Step 1/2 : FROM x\n"}, {"error": "pull access denied for x, repository does not exist"}]
+    with pytest.raises(BuildError) as caught:
+        engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO())
+    assert str(caught.value) == "pull access denied for x, repository does not exist (at step 1/2: FROM x)"
 
 
 def test_build_reports_the_image_id_and_each_step() -> None:

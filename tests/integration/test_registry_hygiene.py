@@ -1,0 +1,69 @@
+"""What tests push to the loopback registry does not pile up: tests delete their tags, testenv sweeps the rest."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import urllib.request
+from pathlib import Path
+
+from torchimages.engine import Engine
+from torchimages.testing import services
+from torchimages.testing.services import ScratchRegistry
+from torchimages.testing.testenv import MIRROR
+
+
+def _context(dockerfile: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _blob(registry: ScratchRegistry, digest: str) -> Path:
+    algorithm, hexdigest = digest.split(":")
+    return registry.data / "docker" / "registry" / "v2" / "blobs" / algorithm / hexdigest[:2] / hexdigest / "data"
+
+
+def _manifest(ref: str) -> dict:
+    host, _, rest = ref.partition("/")
+    name, tag = rest.rsplit(":", 1)
+    request = urllib.request.Request(
+        f"http://{host}/v2/{name}/manifests/{tag}", headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
+def test_deleting_a_tag_and_sweeping_leave_only_what_is_kept(engine: Engine, tmp_path: Path, scratch_registry: ScratchRegistry) -> None:
+    registry = scratch_registry
+    keep, stale, deleted = (f"{registry.address}/{services.TEST_NAMESPACE}/{name}:1" for name in ("keep", "stale", "deleted"))
+    try:
+        for ref in (keep, stale, deleted):  # three images, each with a layer of its own (random bytes)
+            dockerfile = f"FROM {MIRROR}/library/debian:12\nRUN head -c 4000000 /dev/urandom > /{ref.split('/')[-1].split(':')[0]}\n"
+            with open(tmp_path / "build.log", "a") as log:
+                engine.build(_context(dockerfile), log=log, tag=ref)
+            engine.push(ref)
+        own = {ref: _manifest(ref)["layers"][-1]["digest"] for ref in (keep, stale, deleted)}
+        assert all(_blob(registry, digest).exists() for digest in own.values())
+
+        assert services.delete_from_registry(deleted) is True
+        assert registry.tags(f"{services.TEST_NAMESPACE}/deleted") == []
+        assert services.delete_from_registry(deleted) is False  # nothing left to delete: no error either
+
+        registry.kill()
+        said: list[str] = []
+        services.sweep_registry(registry.config, registry.data, {f"{services.TEST_NAMESPACE}/keep"}, said.append)
+        registry.start()
+        assert registry.tags(f"{services.TEST_NAMESPACE}/stale") == []
+        assert registry.manifest_complete(f"{services.TEST_NAMESPACE}/keep", "1")
+        assert _blob(registry, own[keep]).exists()
+        assert not _blob(registry, own[stale]).exists() and not _blob(registry, own[deleted]).exists()
+        assert any("dropped test repositories: deleted, stale;" in line for line in said), said
+    finally:
+        for ref in (keep, stale, deleted):
+            engine.remove_image(ref)

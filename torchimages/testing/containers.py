@@ -1,0 +1,58 @@
+"""Engine operations only the test environment needs: importing a root file system, long-running service containers.
+
+They talk to the same engine as the product (docker.from_env: DOCKER_HOST, else the local socket) through a client
+of their own, so the product's engine module keeps only what `invoke` uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from ..engine import EngineError, split_ref
+
+
+def _client() -> docker.DockerClient:
+    try:
+        return docker.from_env(timeout=600)
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"no Docker engine answered ({exc})") from None
+
+
+def import_rootfs(tar_path: Path, ref: str, *, changes: list[str]) -> str:
+    """Import a root file system tar as an image; return its ID."""
+    repository, tag = split_ref(ref)
+    client = _client()
+    try:
+        client.api.import_image(src=str(tar_path), repository=repository, tag=tag, changes=changes)
+        return str(client.images.get(ref).id)
+    except docker.errors.ImageNotFound:
+        raise EngineError(f"import of {tar_path} as {ref} left no image") from None
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot import {tar_path} as {ref}: {exc.explanation or exc}") from None
+
+
+class Service:
+    """A long-running container with ports published on loopback; stop() removes it."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+
+    @classmethod
+    def start(cls, image: str, command: list[str], *, ports: dict[str, tuple[str, int]], name: str) -> Service:
+        try:
+            container = _client().containers.run(image, command, detach=True, ports=ports, name=name, remove=False)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot start {command[0]} in {image}: {exc.explanation or exc}") from None
+        return cls(container)
+
+    def logs(self) -> str:
+        return str(self._container.logs().decode("utf-8", "replace"))
+
+    def stop(self) -> None:
+        try:
+            self._container.remove(force=True)
+        except docker.errors.APIError:
+            pass
