@@ -65,3 +65,32 @@ def test_a_service_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
         assert "could not start /nonexistent/dockerd" in str(exc) and "No such file" in str(exc)
     else:
         raise AssertionError("no error for a missing program")
+
+
+def test_the_containerd_a_killed_dockerd_leaves_is_stopped_before_a_new_dockerd_starts(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A new dockerd that finds the old containerd's pid alive waits for its socket and never starts (seen in CI)."""
+    old_containerd = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file = tmp_path / "containerd.pid"
+        pid_file.write_text(f"{old_containerd.pid}\n")
+        monkeypatch.setattr(services, "CONTAINERD_PID", pid_file)
+        monkeypatch.setattr(services, "DOCKER_PID", tmp_path / "docker.pid")  # no dockerd runs
+        services._clear_a_dead_daemon()
+        assert not services.process_alive(old_containerd.pid) and not pid_file.exists()
+    finally:
+        old_containerd.kill()
+        old_containerd.wait()
+
+
+def test_the_containerd_of_a_running_dockerd_is_left_alone(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    containerd = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "containerd.pid").write_text(f"{containerd.pid}\n")
+        (tmp_path / "docker.pid").write_text(f"{os.getpid()}\n")  # a live process stands for the running dockerd
+        monkeypatch.setattr(services, "CONTAINERD_PID", tmp_path / "containerd.pid")
+        monkeypatch.setattr(services, "DOCKER_PID", tmp_path / "docker.pid")
+        services._clear_a_dead_daemon()
+        assert services.process_alive(containerd.pid) and (tmp_path / "containerd.pid").exists()
+    finally:
+        containerd.kill()
+        containerd.wait()

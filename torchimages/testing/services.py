@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,17 +74,54 @@ def ensure_engine(say: Say) -> Engine:
             what="apt-get install",
             log=log,
         )
-    _remove_stale_pid_file(Path("/var/run/docker.pid"))
-    say("testenv: starting dockerd")
-    spawn_daemon(["dockerd"], log=STATE / "dockerd.log")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        try:
-            return Engine()
-        except EngineUnavailable:
-            continue
-    raise TestEnvError(f"dockerd did not answer within 90 s; see {STATE / 'dockerd.log'}")
+    for attempt in (1, 2):
+        _clear_a_dead_daemon()
+        say("testenv: starting dockerd" + (" again" if attempt > 1 else ""))
+        daemon = spawn_daemon(["dockerd"], log=STATE / "dockerd.log")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and process_alive(daemon):
+            time.sleep(1)
+            try:
+                return Engine()
+            except EngineUnavailable:
+                continue
+        _stop_pid(daemon)
+    last = (STATE / "dockerd.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(nothing)"]
+    raise TestEnvError(f"dockerd did not answer (it said: {last[0]}); see {STATE / 'dockerd.log'}")
+
+
+DOCKER_PID = Path("/var/run/docker.pid")
+CONTAINERD_PID = Path("/var/run/docker/containerd/containerd.pid")
+
+
+def _clear_a_dead_daemon() -> None:
+    """What a killed dockerd leaves must go before a new one starts.
+
+    Its pid file makes dockerd refuse to start. The containerd it started outlives it for a moment (or for good):
+    a new dockerd that finds that containerd's pid alive does not start its own and waits for the old one's socket,
+    which never answers ("failed to start containerd: timeout waiting for containerd to start").
+    """
+    _remove_stale_pid_file(DOCKER_PID)
+    if DOCKER_PID.exists():
+        return  # a dockerd runs (it does not answer yet, or answers elsewhere): leave it and its containerd
+    try:
+        pid = int(CONTAINERD_PID.read_text().strip())
+    except (OSError, ValueError):
+        return
+    _stop_pid(pid)
+    CONTAINERD_PID.unlink(missing_ok=True)
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM, then SIGKILL after 15 s; returns once the process is gone (or a zombie)."""
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 15.0)):
+        if not process_alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 _SPAWN = (
