@@ -401,11 +401,11 @@ def render(c: Context, config: str = "", check: bool = False, out_dir: str = "bu
     with _clean_errors():
         # The checked-in files follow the files alone, not $TORCH_IMAGES_BASE_MIRROR.
         loaded = [matrix_mod.load_matrix(name, use_environment=False) for name in configs]
-        matrices = [([*m.images, *m.deprecated], m.wheel_port) for m in loaded]
+        matrices = [[*m.images, *m.deprecated] for m in loaded]
         stale = sync_generated(matrices, check=check, prune=not config, root=root)
     if check and stale:
         raise Exit("stale rendered Dockerfiles (run `invoke render`):\n  " + "\n  ".join(stale), code=1)
-    count = sum(len(specs) for specs, _ in matrices)
+    count = sum(len(specs) for specs in matrices)
     where = "" if root == GENERATED else f" in {root}"
     print(f"{'checked' if check else 'rendered'} {count} Dockerfiles{where}" + (f", {len(stale)} changed" if stale else ""))
 

@@ -12,7 +12,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -157,6 +157,12 @@ class Engine:
         """Stop what runs: a build or push stream is closed (dockerd then cancels it), a container is killed."""
         self.cancelled.set()
 
+    def _until_cancelled(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """A request body that ends the upload (and with it the request) once cancel() is called."""
+        for chunk in chunks:
+            self._check(None, "sending the build context")
+            yield chunk
+
     def _check(self, stream: Any, what: str, *, image_id: str | None = None) -> None:
         """After an interrupt: close the stream (dockerd then cancels the build, push or pull) and raise Cancelled."""
         if self.cancelled.is_set():
@@ -214,26 +220,30 @@ class Engine:
 
     def build(
         self,
-        context: bytes,
+        context: bytes | Iterable[bytes],
         *,
         log: TextIO,
         on_step: Callable[[str], None] | None = None,
         labels: dict[str, str] | None = None,
-        buildargs: dict[str, str] | None = None,
-        tag: str | None = None,
-        nocache: bool = False,
         timeout: int = 3600,
+        stages: list[str] | None = None,
     ) -> str:
-        """Build from a context tar; return the image ID. Output goes to log; each step to on_step."""
+        """Build from a context tar (bytes, or chunks streamed as they come); return the image ID.
+
+        Output goes to log; each step to on_step. The build uses the engine's default network (apt may need it);
+        nothing it installs comes from this machine's network: wheels travel in the context. The images that end
+        earlier stages of a multi-stage build are added to stages (the caller removes them when done).
+        """
         step: str | None = None
         image_id: str | None = None
         tail: list[str] = []
+        finished = False
         self._check(None, "the build")
         try:
+            body = io.BytesIO(context) if isinstance(context, bytes) else self._until_cancelled(context)
             stream = self._api.build(
-                fileobj=io.BytesIO(context), custom_context=True, rm=True, forcerm=True, decode=True,
-                network_mode="host", labels=labels or None, buildargs=buildargs or None, tag=tag,
-                nocache=nocache, timeout=timeout,
+                fileobj=body, custom_context=True, rm=True, forcerm=True, decode=True,
+                labels=labels or None, timeout=timeout,
             )  # fmt: skip
             for chunk in stream:
                 if "stream" in chunk:
@@ -247,6 +257,8 @@ class Engine:
                         if line.strip():
                             tail = (tail + [line.rstrip()])[-20:]
                 if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    if image_id is not None and stages is not None:  # the stage before this one ended with it
+                        stages.append(image_id)
                     image_id = str(chunk["aux"]["ID"])
                 self._check(stream, "the build", image_id=image_id)
                 if "error" in chunk or "errorDetail" in chunk:
@@ -254,12 +266,15 @@ class Engine:
                     message = str(chunk.get("error") or detail.get("message") or "unknown build error").strip()
                     log.write(f"\nERROR: {message}\n")
                     raise BuildError(message, step=step, tail="\n".join(tail))
+            finished = True
         except docker.errors.APIError as exc:
             raise BuildError(str(exc.explanation or exc), step=step, tail="\n".join(tail)) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise BuildError(f"lost the Docker engine during the build: {exc}", step=step) from None
         finally:
             log.flush()
+            if not finished and image_id is not None and stages is not None:  # an earlier stage's image, left behind
+                stages.append(image_id)
         if image_id is None:
             raise BuildError("the build finished without reporting an image ID", step=step, tail="\n".join(tail))
         return image_id

@@ -15,7 +15,7 @@ from typing import Any
 
 from .compat import PYTORCH_INDEX
 from .entries import CPU, CPU_FLAVOURS, CUDA_FLAVOURS, ENTRY_KEYS, OMITTABLE, REQUIRED_ENTRY_KEYS
-from .matrix import BASE_KEYS, DEFAULT_PORT, EXCLUDE_KEYS, MIRROR_ENV, TARGET_KEYS, TOP_KEYS, WHEELS_KEYS
+from .matrix import BASE_KEYS, EXCLUDE_KEYS, MIRROR_ENV, TARGET_KEYS, TOP_KEYS, WHEELS_KEYS
 from .schema import NAME_PATTERN, PACKAGE_KEYS, PLAIN_STRING, REFERENCE_PATTERNS, REQUIREMENT_PATTERN
 
 Schema = dict[str, Any]
@@ -23,7 +23,6 @@ Schema = dict[str, Any]
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "images.schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # Literals of matrix._settings (no constant there yet); test_json_schema checks both against the loader.
-PORT_RANGE = (1024, 65535)
 BASE_REPOSITORY = "nvidia/cuda"
 # The loader checks str.isidentifier() on each dotted part; this is its pattern form (\w is Unicode in Python, ASCII in editors).
 MODULE_PATTERN = r"[^\W\d]\w*(?:\.[^\W\d]\w*)*"
@@ -178,20 +177,12 @@ def images_schema() -> Schema:
             "description": "false: skip the check that NVIDIA publishes the base tag (bases of your own under the same names).",
         },
     }
-    low, high = PORT_RANGE
     wheels: dict[str, Schema] = {
         "pytorch_index": {
             "type": ["string", "null"],
             "pattern": _anchored(PLAIN_STRING),
             "default": PYTORCH_INDEX,
             "description": "The PyTorch wheel index; null: PyPI and pip's own configuration only. No whitespace or control characters.",
-        },
-        "port": {
-            "type": "integer",
-            "minimum": low,
-            "maximum": high,
-            "default": DEFAULT_PORT,
-            "description": f"The loopback port the wheelhouse is served on during builds, {low}-{high}.",
         },
     }
     properties = {

@@ -42,17 +42,21 @@ def format_matrix(specs: Sequence[ImageSpec], fmt: str, *, config: str) -> str:
     if fmt == "json":
         return json.dumps({"images": [spec_record(s) for s in specs]}, indent=2)
     if fmt == "github":
-        # One job per image; each job builds its own slice with the same filters it was given.
+        # One job per venv: the flavours of one torch, python and CUDA build on one runner, so they share the venv
+        # stage and the registry stores their venv layer once. Each job selects its slice with the build filters.
+        groups: dict[tuple[str, str, str], list[ImageSpec]] = {}
+        for s in specs:
+            groups.setdefault((s.cuda or "cpu", s.torch, s.python), []).append(s)
         include = [
             {
-                "name": s.name,
+                "name": f"{torch}-py{python}-" + (cuda if cuda == "cpu" else f"cuda{cuda}"),
                 "config": config,
-                "cuda": s.cuda or "cpu",
-                "torch": s.torch,
-                "python": s.python,
-                "flavour": s.flavour,
+                "cuda": cuda,
+                "torch": torch,
+                "python": python,
+                "flavours": " ".join(dict.fromkeys(s.flavour for s in group)),
             }
-            for s in specs
+            for (cuda, torch, python), group in groups.items()
         ]
         return json.dumps({"include": include}, separators=(",", ":"))
     header = ("image", "torch", "python", "base CUDA", "wheel", "cuDNN", "base image")

@@ -17,20 +17,18 @@ from .tags import with_aliases
 TOP_KEYS = ("target", "base", "wheels", "packages", "apt_packages", "exclude", "images")
 TARGET_KEYS = ("registry", "repository")
 BASE_KEYS = ("repository", "mirror", "check_tags")
-WHEELS_KEYS = ("pytorch_index", "port")
+WHEELS_KEYS = ("pytorch_index",)
 EXCLUDE_KEYS = ("torch", "cuda", "python", "os", "flavour")
 MIRROR_ENV = "TORCH_IMAGES_BASE_MIRROR"
-DEFAULT_PORT = 8731
 
 
 @dataclass(frozen=True)
 class Matrix:
-    """A validated matrix: every image it builds, the deprecated ones it keeps, and the wheel port."""
+    """A validated matrix: every image it builds and the deprecated ones it keeps."""
 
     file: str
     images: tuple[ImageSpec, ...]
     deprecated: tuple[ImageSpec, ...]
-    wheel_port: int
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def build_matrix(
     if not isinstance(data, dict):
         raise ConfigError([doc.problem((), f"expected a mapping with keys {', '.join(TOP_KEYS)}, got {scalar_kind(data)}")])
     unknown_keys(r, (), data, TOP_KEYS)
-    settings, port = _settings(r, data, base_mirror=base_mirror, use_environment=use_environment, pytorch_index=pytorch_index)
+    settings = _settings(r, data, base_mirror=base_mirror, use_environment=use_environment, pytorch_index=pytorch_index)
     if table is not None:
         settings = replace(settings, table=table)
     images_raw = data.get("images")
@@ -105,14 +103,15 @@ def build_matrix(
     if r.problems:
         raise ConfigError(list(dict.fromkeys(r.problems)))  # a bad value shared by many combinations is told once
     aliased = with_aliases(specs + deprecated, released=len(specs))
-    return Matrix(file=doc.file, images=tuple(aliased[: len(specs)]), deprecated=tuple(aliased[len(specs) :]), wheel_port=port)
+    return Matrix(file=doc.file, images=tuple(aliased[: len(specs)]), deprecated=tuple(aliased[len(specs) :]))
 
 
-def _settings(
-    r: Reader, data: dict[str, Any], *, base_mirror: str | None, use_environment: bool, pytorch_index: str | None
-) -> tuple[Settings, int]:
+def _settings(r: Reader, data: dict[str, Any], *, base_mirror: str | None, use_environment: bool, pytorch_index: str | None) -> Settings:
     target = section(r, data, "target", TARGET_KEYS)
     base = section(r, data, "base", BASE_KEYS)
+    if isinstance(data.get("wheels"), dict) and "port" in data["wheels"]:
+        r.add(("wheels", "port"), "is gone: builds get their wheels in the build context, not from a server on a port; remove it")
+        data = {**data, "wheels": {key: value for key, value in data["wheels"].items() if key != "port"}}
     wheels = section(r, data, "wheels", WHEELS_KEYS)
     repository = reference(r, ("target", "repository"), target.get("repository"), "repository", required=True)
     registry = reference(r, ("target", "registry"), target.get("registry", ""), "registry")
@@ -128,10 +127,6 @@ def _settings(
         pytorch_index = wheels.get("pytorch_index", compat_mod.PYTORCH_INDEX)
         if pytorch_index is not None:
             pytorch_index = string(r, ("wheels", "pytorch_index"), pytorch_index)
-    port = wheels.get("port", DEFAULT_PORT)
-    if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
-        r.add(("wheels", "port"), f"must be a port number 1024-65535, got {port!r}")
-        port = DEFAULT_PORT
     settings = Settings(
         table=compat_mod.load_compat(),
         packages=packages(r, ("packages",), data.get("packages", [])),
@@ -142,7 +137,7 @@ def _settings(
         pytorch_index=pytorch_index,
         check_base_tags=boolean(r, ("base", "check_tags"), base.get("check_tags", True)),
     )
-    return settings, port
+    return settings
 
 
 def _exclusions(r: Reader, raw: Any) -> list[Exclusion]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 INSTALLER = "pip"  # locked with every image and installed first, so the venv's pip understands the lock
 
@@ -114,6 +114,19 @@ class ImageSpec:
     def base_image(self) -> str:
         """What FROM pulls (mirror applied)."""
         return self.base.ref
+
+    @property
+    def venv_base(self) -> BaseImage:
+        """What the venv stage is built FROM: nvidia/cuda's -base- image of this CUDA and OS (the one every flavour's
+        base is built on), or a CPU image's own base. One venv stage thus serves the runtime and the devel image."""
+        if self.base.cuda_full is None:
+            return self.base
+        return replace(self.base, kind="base", tag=f"{self.base.cuda_full}-base-{self.base.os}")
+
+    @property
+    def venv_base_image(self) -> str:
+        """What the venv stage's FROM pulls (mirror applied)."""
+        return self.venv_base.ref
 
     @property
     def base_upstream(self) -> str:

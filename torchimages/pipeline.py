@@ -24,10 +24,10 @@ from .model import BuildResult, ImageSpec, PushResult, VerifyReport
 from .progress import Meter, StatusLine
 from .provenance import base_digest, source_labels
 from .publish import PartialCancel, PartialPush, push_refs, tag_image
-from .render import ROOT, RenderError, context_files, context_tar, dockerfile_quote, render_dockerfile
+from .render import ROOT, RenderError, context_files, context_stream, context_tar, dockerfile_quote, render_dockerfile
 from .report import write_reports
 from .verify import VerifyError, gpus_wanted, promise_problems, run_verify
-from .wheels import PIPS, WheelError, WheelServer, WheelSet, fetch_wheels
+from .wheels import PIPS, WheelError, WheelSet, fetch_wheels
 
 Say = Callable[[str], None]
 
@@ -93,13 +93,15 @@ def build_images(
             )  # fmt: skip
             if meter:
                 meter.close()
-        with WheelServer(wheelhouse, matrix.wheel_port), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-            futures = {
-                spec.name: pool.submit(_build_one, engine, spec, wheel_sets[spec.name], matrix, options, console, logs, source, stop)
-                for spec in specs
-            }
-            for name, future in futures.items():
-                results[name] = future.result()
+        with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+            # Images that share a venv stage build one after another, so the second finds the first's stage in the
+            # engine's cache and both get the very same venv layer; groups build side by side.
+            futures = [
+                pool.submit(_build_group, engine, group, wheel_sets, options, console, logs, source, stop)
+                for group in venv_groups(specs, wheel_sets).values()
+            ]
+            for future in futures:
+                results.update((result.spec.name, result) for result in future.result())
     ordered = [results[spec.name] for spec in specs]
     write_reports(ordered, options.out_dir)
     if received:
@@ -158,23 +160,67 @@ def _interrupts(engine: Engine, stop: threading.Event) -> Iterator[list[int]]:
         PIPS.stopped.clear()
 
 
-def build_hash(context: bytes, base_id: str) -> str:
-    """Identifies an image's inputs: the whole build context and the exact base image."""
+def build_hash(context: bytes, *base_ids: str) -> str:
+    """Identifies an image's inputs: the build context's own files (the lock in it names every wheel by hash) and
+    the exact base images (the image's, and its venv stage's)."""
     digest = hashlib.sha256(context)
-    digest.update(base_id.encode())
+    for base_id in base_ids:
+        digest.update(base_id.encode())
     return digest.hexdigest()
+
+
+def _base(engine: Engine, ref: str, *, console: Callable[[str], None], log: TextIO) -> ImageInfo:
+    """A base image, pulled when the engine lacks it."""
+    base = engine.image(ref)
+    if base is None:
+        console(f"pulling base {ref}")
+        engine.pull(ref, log=log)
+        base = engine.image(ref)
+    if base is None:
+        raise EngineError(f"{ref} is not in the engine after pulling it")
+    return base
+
+
+def venv_groups(specs: Sequence[ImageSpec], wheel_sets: dict[str, WheelSet | WheelError]) -> dict[tuple[str, ...], list[ImageSpec]]:
+    """Images by the venv stage they would build: its base, python and the exact files it installs."""
+    groups: dict[tuple[str, ...], list[ImageSpec]] = {}
+    for spec in specs:
+        wheel_set = wheel_sets[spec.name]
+        key = (spec.venv_base_image, spec.python, wheel_set.lock, wheel_set.installer) if isinstance(wheel_set, WheelSet) else (spec.name,)
+        groups.setdefault(key, []).append(spec)
+    return groups
+
+
+def _build_group(
+    engine: Engine,
+    group: list[ImageSpec],
+    wheel_sets: dict[str, WheelSet | WheelError],
+    options: BuildOptions,
+    console: _Console,
+    logs: Path,
+    source: dict[str, str] | None,
+    stop: threading.Event,
+) -> list[BuildResult]:
+    """Build the images of one venv group in order; then drop the venv stage (the wheels and a venv no image needs)."""
+    stages: list[str] = []
+    try:
+        return [_build_one(engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, stages) for spec in group]
+    finally:
+        for stage in dict.fromkeys(stages):
+            with suppress(EngineError):
+                engine.remove_image(stage, force=True)
 
 
 def _build_one(
     engine: Engine,
     spec: ImageSpec,
     wheel_set: WheelSet | WheelError,
-    matrix: Matrix,
     options: BuildOptions,
     console: _Console,
     logs: Path,
     source: dict[str, str] | None = None,
     stop: threading.Event | None = None,
+    stages: list[str] | None = None,
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
@@ -200,15 +246,12 @@ def _build_one(
         return failed(str(wheel_set))
     with open(log_path, "w") as log:
         try:
-            dockerfile = render_dockerfile(spec, wheel_port=matrix.wheel_port)
-            context = context_tar(context_files(spec, dockerfile=dockerfile, requirements=wheel_set.lock, installer=wheel_set.installer))
-            base = engine.image(spec.base_image)
-            if base is None:
-                console(spec.name, f"pulling base {spec.base_image}")
-                engine.pull(spec.base_image, log=log)
-                base = engine.image(spec.base_image)
-            assert base is not None
-            inputs = build_hash(context, base.id)
+            dockerfile = render_dockerfile(spec)
+            files = context_files(spec, dockerfile=dockerfile, requirements=wheel_set.lock, installer=wheel_set.installer)
+            base = _base(engine, spec.base_image, console=lambda line: console(spec.name, line), log=log)
+            venv_base = _base(engine, spec.venv_base_image, console=lambda line: console(spec.name, line), log=log)
+            # The wheels are named, with their hashes, by the lock in requirements.txt: the small files identify them.
+            inputs = build_hash(context_tar(files), base.id, venv_base.id)
             gpus = gpus_wanted(engine, options.gpus)
             reused = None if options.rebuild else _existing(engine, inputs, gpus=gpus)
             if reused is not None:
@@ -218,7 +261,8 @@ def _build_one(
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
-                built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step))
+                context = context_stream(files, wheels={name: options.wheelhouse / name for name in wheel_set.files})
+                built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step), stages=stages)
                 unsealed.append(built)
                 console(spec.name, "verifying (torch-verify inside the image)")
                 report = run_verify(engine, built, gpus=gpus)

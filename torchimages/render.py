@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import jinja2
@@ -51,13 +50,13 @@ def _environment() -> jinja2.Environment:
 _RAW_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
 
-def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
+def render_dockerfile(spec: ImageSpec) -> str:
     """The Dockerfile for one image; the same spec always gives the same bytes.
 
     Nothing of where the spec was read (the config's name or folder) goes in: the bytes are part of the build hash,
     and the same entry in another file, or in a clone elsewhere, is the same image."""
     # Values that go into the Dockerfile unquoted (FROM, the apt package list) must be plain words.
-    for value in (spec.base_image, spec.python, *spec.apt_packages):
+    for value in (spec.base_image, spec.venv_base_image, spec.python, *spec.apt_packages):
         if not _RAW_SAFE.fullmatch(value):
             raise RenderError(f"{spec.name}: refusing to put {value!r} into a Dockerfile unquoted")
     try:
@@ -66,7 +65,6 @@ def render_dockerfile(spec: ImageSpec, *, wheel_port: int) -> str:
             spec=spec,
             apt_packages=sorted(spec.apt_packages),
             labels=sorted(expected_labels(spec).items()),
-            wheel_port=wheel_port,
             user=USER,
         )
     except jinja2.TemplateError as exc:
@@ -91,33 +89,67 @@ def context_files(spec: ImageSpec, *, dockerfile: str, requirements: str, instal
 
 
 def context_tar(files: Mapping[str, bytes], *, modes: Mapping[str, int] | None = None) -> bytes:
-    """A build context tar with normalised metadata, so identical files give identical bytes (and cache hits)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(files):
-            data = files[name]
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = (modes or {}).get(name, 0o644)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    """A small build context, whole: see context_stream."""
+    return b"".join(context_stream(files, modes=modes))
 
 
-def sync_generated(matrices: list[tuple[list[ImageSpec], int]], *, check: bool, prune: bool, root: Path = GENERATED) -> list[str]:
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def _header(name: str, size: int, mode: int, kind: bytes = tarfile.REGTYPE) -> bytes:
+    """A tar header with normalised metadata, so identical files give identical bytes (and cache hits)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.type, info.mtime = size, mode, kind, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def context_stream(
+    files: Mapping[str, bytes],
+    *,
+    wheels: Mapping[str, Path] | None = None,
+    modes: Mapping[str, int] | None = None,
+    chunk: int = 1 << 20,
+) -> Iterator[bytes]:
+    """The build context as a tar stream: the files given, then wheels/<name> read from disk a chunk at a time.
+
+    A CUDA image's wheels are gigabytes: they are neither held in memory nor copied into a context file first, and
+    the engine reads them from the request body, wherever it runs.
+    """
+    for name in sorted(files):
+        data = files[name]
+        yield _header(name, len(data), (modes or {}).get(name, 0o644)) + data + bytes(-len(data) % _BLOCK)
+    if wheels is not None:
+        yield _header("wheels", 0, 0o755, tarfile.DIRTYPE)
+        for name in sorted(wheels):
+            path = wheels[name]
+            size = path.stat().st_size
+            yield _header(f"wheels/{name}", size, 0o644)
+            left = size
+            with open(path, "rb") as handle:
+                while left:
+                    data = handle.read(min(chunk, left))
+                    if not data:
+                        raise OSError(f"{path} shrank while it was sent to the engine")
+                    left -= len(data)
+                    yield data
+            yield bytes(-size % _BLOCK)
+    yield bytes(2 * _BLOCK)
+
+
+def sync_generated(matrices: list[list[ImageSpec]], *, check: bool, prune: bool, root: Path = GENERATED) -> list[str]:
     """Write (or with check, only compare) every rendered Dockerfile under root; return the stale paths.
 
     With prune, a folder under root that no given image renders to is stale too (and removed unless checking).
     """
     stale = []
     wanted = set()
-    for specs, wheel_port in matrices:
+    for specs in matrices:
         for spec in specs:
             path = generated_path(spec, root)
             wanted.add(path.parent.name)
-            text = render_dockerfile(spec, wheel_port=wheel_port)
+            text = render_dockerfile(spec)
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))
                 if not check:

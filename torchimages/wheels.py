@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.server
 import importlib.metadata
 import json
 import os
@@ -335,34 +334,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
-        pass
-
-
-class WheelServer:
-    """Serves the wheelhouse on 127.0.0.1:port while builds run (they use the host network)."""
-
-    def __init__(self, wheelhouse: Path, port: int) -> None:
-        self.wheelhouse = wheelhouse
-        self.port = port
-        self._server: http.server.ThreadingHTTPServer | None = None
-
-    def __enter__(self) -> WheelServer:
-        handler = functools.partial(_QuietHandler, directory=str(self.wheelhouse))
-        try:
-            self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        except OSError as exc:
-            raise WheelError(
-                f"cannot serve wheels on 127.0.0.1:{self.port} ({exc.strerror}); "
-                "another build may be running, or set wheels.port in the matrix file"
-            ) from None
-        threading.Thread(target=self._server.serve_forever, name="wheel-server", daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()

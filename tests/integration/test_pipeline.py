@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -16,6 +18,9 @@ from torchimages.testing.testenv import REGISTRY
 from torchimages.verify import run_verify
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
+WHEELHOUSE = ROOT / "build" / "wheelhouse"
 
 
 def test_every_image_is_verified_and_pushed_with_a_digest(report: dict, fixture_matrix) -> None:
@@ -41,6 +46,42 @@ def test_the_registry_serves_the_recorded_digest(report: dict) -> None:
             )
             with urllib.request.urlopen(request, timeout=10) as response:
                 assert response.headers["Docker-Content-Digest"] == pushed["digest"]
+
+
+def _manifest(ref: str) -> dict:
+    name, tag = ref.removeprefix(f"{REGISTRY}/").rsplit(":", 1)
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"http://{REGISTRY}/v2/{name}/manifests/{tag}", headers=accept), timeout=10
+    ) as answer:
+        return dict(json.loads(answer.read()))
+
+
+def test_the_runtime_and_devel_images_share_one_venv_blob_in_the_registry(report: dict) -> None:
+    """The venv is stored once for both flavours: the same blob, by digest, in both manifests."""
+    pushed = {image["name"].split("-")[-2]: image["pushed"][0]["ref"] for image in report["images"] if "-cuda" in image["name"]}
+    layers = {flavour: {layer["digest"]: layer["size"] for layer in _manifest(ref)["layers"]} for flavour, ref in pushed.items()}
+    shared = {digest: size for digest, size in layers["runtime"].items() if digest in layers["devel"]}
+    venv = max(shared.values(), default=0)
+    assert venv > 1_000_000_000, f"the largest blob both share is {venv} bytes"
+
+
+def test_a_build_with_nothing_changed_builds_nothing_and_needs_no_network(
+    built: list[BuildResult], build_dir: Path, tmp_path: Path
+) -> None:
+    """With the session's locks, the second `invoke build` decides every image is unchanged in a network namespace
+    of its own with no interface up: no index, registry or wheel is asked for (the engine's socket is a file)."""
+    if os.geteuid() != 0:
+        pytest.skip("unshare --net needs root")
+    out = tmp_path / "out"
+    shutil.copytree(build_dir / "locks", out / "locks")
+    command = ["unshare", "--net", sys.executable, "-m", "invoke", "build", "--config", str(FIXTURE), "--out-dir", str(out)]
+    done = subprocess.run([*command, "--wheelhouse", str(WHEELHOUSE)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = json.loads((out / "report.json").read_text())["images"]
+    assert {r["name"]: r["status"] for r in records} == {r.spec.name: "unchanged" for r in built}
+    assert {r["name"]: r["image_id"] for r in records} == {r.spec.name: r.image_id for r in built}
+    assert "building" not in done.stdout and "pulling" not in done.stdout, done.stdout
 
 
 def test_labels_carry_what_verification_saw(engine: Engine, built: list[BuildResult]) -> None:

