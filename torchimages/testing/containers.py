@@ -5,6 +5,7 @@ of their own, so the product's engine module keeps only what `invoke` uses."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,17 @@ class Service:
 
     @classmethod
     def start(cls, image: str, command: list[str], *, ports: dict[str, tuple[str, int]], name: str) -> Service:
+        """Create and start the container; one that was created but would not start is removed, not left behind."""
+        client = _client()
         try:
-            container = _client().containers.run(image, command, detach=True, ports=ports, name=name, remove=False)
+            container = client.containers.create(image, command, detach=True, ports=ports, name=name)
         except docker.errors.APIError as exc:
+            raise EngineError(f"cannot create {command[0]} in {image}: {exc.explanation or exc}") from None
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
             raise EngineError(f"cannot start {command[0]} in {image}: {exc.explanation or exc}") from None
         return cls(container)
 
