@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,15 +103,18 @@ def test_an_image_that_fails_verification_is_removed_and_never_reused(
         images=[yaml.safe_load(FIXTURE.read_text())["images"][0]],
     )
     data = yaml.safe_load(config.read_text())
-    data["packages"] = [{"pip": "tqdm", "import": "torch_images_no_such_module"} if p == "tqdm" else p for p in data["packages"]]
+    # A name of this run's own: the engine is shared, and a run killed mid-verification elsewhere may have left an image
+    # labelled with a fixed name (never reused, as it is unsealed, but it would be counted here).
+    missing = f"torch_images_no_such_module_{uuid.uuid4().hex[:8]}"
+    data["packages"] = [{"pip": "tqdm", "import": missing} if p == "tqdm" else p for p in data["packages"]]
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     untag_after(config)
     marker = f"org.torch-images.packages={','.join(load_matrix(config).images[0].modules)}"
-    assert "torch_images_no_such_module" in marker
+    assert missing in marker
     for attempt in range(2):  # the second run must not find (and reuse) what the first one built
         done = _invoke("build", "--config", str(config), "--out-dir", str(tmp_path / f"out{attempt}"), "--wheelhouse", str(WHEELHOUSE))
         assert done.returncode == 1, done.stdout + done.stderr
-        assert "verification failed" in done.stdout and "torch_images_no_such_module" in done.stdout, done.stdout
+        assert "verification failed" in done.stdout and missing in done.stdout, done.stdout
         assert "unchanged" not in done.stdout
         leftovers = docker.from_env().api.images(filters={"label": marker}, quiet=True, all=True)
         assert leftovers == [], f"the unverified image is still in the engine: {leftovers}"
