@@ -176,6 +176,12 @@ class Engine:
         with _engine_errors("cannot read the engine's info"):
             return dict(self._client.info())
 
+    def platform(self) -> tuple[str, str]:
+        """The OS and architecture of the images this engine builds, as registries name them: ('linux', 'amd64')."""
+        with _engine_errors("cannot read the engine's version"):
+            version = self._client.version()
+        return str(version.get("Os") or "linux"), str(version.get("Arch") or "amd64")
+
     def has_nvidia_runtime(self) -> bool:
         """True when `--gpus` works: a runtime named nvidia, or, for an engine on this machine, NVIDIA's hook on PATH
         (Docker registers --gpus whenever it finds the hook: moby daemon/nvidia_linux.go)."""

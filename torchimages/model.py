@@ -190,3 +190,4 @@ class BuildResult:
     size: int | None = None
     error: str | None = None
     seconds: float = 0.0
+    registry_digest: str | None = None  # set when the registry already served this very build: neither built nor pushed

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -23,7 +24,8 @@ from .matrix import Matrix
 from .model import BuildResult, ImageSpec, PushResult, VerifyReport
 from .progress import Meter, StatusLine
 from .provenance import base_digest, source_labels
-from .publish import PartialCancel, PartialPush, push_refs, tag_image
+from .publish import PartialCancel, PartialPush, move_aliases, published, push_refs, tag_image
+from .registry import RegistryClient, RegistryError, RemoteImage
 from .render import ROOT, RenderError, context_files, context_stream, context_tar, dockerfile_quote, render_dockerfile
 from .report import write_reports
 from .verify import VerifyError, gpus_wanted, promise_problems, run_verify
@@ -84,6 +86,7 @@ def build_images(
     results: dict[str, BuildResult] = {}
     source = source_labels(ROOT)
     stop = threading.Event()
+    registry = registry_client(engine, options)
     with _interrupts(engine, stop) as received:
         with open(logs / "wheels.log", "w") as wheel_log:
             meter = console.meter("wheels", "downloading")
@@ -97,7 +100,7 @@ def build_images(
             # Images that share a venv stage build one after another, so the second finds the first's stage in the
             # engine's cache and both get the very same venv layer; groups build side by side.
             futures = [
-                pool.submit(_build_group, engine, group, wheel_sets, options, console, logs, source, stop)
+                pool.submit(_build_group, engine, group, wheel_sets, options, console, logs, source, stop, registry)
                 for group in venv_groups(specs, wheel_sets).values()
             ]
             for future in futures:
@@ -107,6 +110,11 @@ def build_images(
     if received:
         raise Interrupted(received[0], ordered)
     return ordered
+
+
+def registry_client(engine: Engine, options: BuildOptions) -> RegistryClient | None:
+    """A push run first asks the registry (with --rebuild it does not): what it serves for the same build is kept."""
+    return RegistryClient(platform=engine.platform()) if options.push and not options.rebuild else None
 
 
 class Interrupted(Exception):
@@ -200,11 +208,12 @@ def _build_group(
     logs: Path,
     source: dict[str, str] | None,
     stop: threading.Event,
+    registry: RegistryClient | None = None,
 ) -> list[BuildResult]:
     """Build the images of one venv group in order; then drop the venv stage (the wheels and a venv no image needs)."""
     stages: list[str] = []
     try:
-        return [_build_one(engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, stages) for spec in group]
+        return [_build_one(engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, stages, registry) for spec in group]
     finally:
         for stage in dict.fromkeys(stages):
             with suppress(EngineError):
@@ -221,6 +230,7 @@ def _build_one(
     source: dict[str, str] | None = None,
     stop: threading.Event | None = None,
     stages: list[str] | None = None,
+    registry: RegistryClient | None = None,
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
@@ -248,16 +258,20 @@ def _build_one(
         try:
             dockerfile = render_dockerfile(spec)
             files = context_files(spec, dockerfile=dockerfile, requirements=wheel_set.lock, installer=wheel_set.installer)
-            base = _base(engine, spec.base_image, console=lambda line: console(spec.name, line), log=log)
-            venv_base = _base(engine, spec.venv_base_image, console=lambda line: console(spec.name, line), log=log)
+            say = partial(console, spec.name)
+            bases = [_base_identity(engine, ref, registry, console=say, log=log) for ref in (spec.base_image, spec.venv_base_image)]
             # The wheels are named, with their hashes, by the lock in requirements.txt: the small files identify them.
-            inputs = build_hash(context_tar(files), base.id, venv_base.id)
+            inputs = build_hash(context_tar(files), *bases, "/".join(engine.platform()))
             gpus = gpus_wanted(engine, options.gpus)
             reused = None if options.rebuild else _existing(engine, inputs, gpus=gpus)
+            if reused is None and (found := _published(registry, spec, inputs, gpus=gpus, log=log)):
+                return _kept_in_registry(registry, spec, found, say=say, seconds=time.monotonic() - started)
             if reused is not None:
                 image_id, status, report = reused.id, "unchanged", contract.report_from_labels(reused.labels)
                 console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
             else:
+                base = _base(engine, spec.base_image, console=say, log=log)
+                _base(engine, spec.venv_base_image, console=say, log=log)
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
@@ -303,7 +317,7 @@ def _build_one(
             if isinstance(exc, PartialCancel):
                 done.update(pushed=exc.pushed)
             return cancelled(f"while running ({exc})")
-        except (EngineError, VerifyError, RenderError) as exc:
+        except (EngineError, VerifyError, RenderError, RegistryError) as exc:
             log.write(f"\nERROR: {exc}\n")
             tail = getattr(exc, "tail", "")
             if isinstance(exc, PartialPush):
@@ -315,6 +329,47 @@ def _build_one(
         finally:
             for image in unsealed:  # built but never sealed (failed, crashed, interrupted): no later run or user may find it
                 _discard(engine, image, log)
+
+
+def _base_identity(engine: Engine, ref: str, registry: RegistryClient | None, *, console: Callable[[str], None], log: TextIO) -> str:
+    """A base as every machine names it: the registry digest its tag resolved to (the image ID for a base never pushed).
+
+    An engine without the base asks the registry when there is one to ask, so that deciding costs no pull.
+    """
+    info = engine.image(ref)
+    if info is None and registry is not None:
+        try:
+            digest = registry.base_digest(ref)
+        except RegistryError as exc:
+            log.write(f"cannot ask the registry for {ref} ({exc}); pulling it\n")
+            digest = None
+        if digest:
+            return digest
+    info = info or _base(engine, ref, console=console, log=log)
+    return base_digest(info.repo_digests, ref) or info.id
+
+
+def _published(registry: RegistryClient | None, spec: ImageSpec, inputs: str, *, gpus: bool, log: TextIO) -> RemoteImage | None:
+    """What the registry serves for the image's first reference, if it is this very build, verified."""
+    if registry is None:
+        return None
+    try:
+        return published(registry, spec.refs, inputs, gpus=gpus)
+    except RegistryError as exc:  # the push would tell the same story if the registry is really unusable
+        log.write(f"cannot ask the registry whether {spec.refs[0]} is already this build ({exc}); building\n")
+        return None
+
+
+def _kept_in_registry(registry: RegistryClient | None, spec: ImageSpec, found: RemoteImage, *, say: Say, seconds: float) -> BuildResult:
+    """The registry already serves this very build: report it, and move the aliases that point elsewhere."""
+    moved = move_aliases(registry, spec.refs, found) if registry else ()
+    say(f"unchanged (registry): {spec.refs[0]}@{found.manifest.digest[:19]}, nothing built or pushed")
+    for push in moved:
+        say(f"moved {push.ref} to it")
+    return BuildResult(
+        spec=spec, status="unchanged", verified=True, verify=contract.report_from_labels(found.labels), pushed=moved,
+        registry_digest=found.manifest.digest, seconds=seconds,
+    )  # fmt: skip
 
 
 def _existing(engine: Engine, inputs: str, *, gpus: bool) -> ImageInfo | None:

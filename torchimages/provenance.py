@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from .registry import parse_ref
+
 Git = Callable[..., str | None]
 
 _SCP_LIKE = re.compile(r"(?:[^@/]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*)")  # git@github.com:owner/repo.git
@@ -60,13 +62,15 @@ def source_labels(root: Path, *, environ: Mapping[str, str] = os.environ, git: G
 
 
 def base_digest(repo_digests: tuple[str, ...], base_ref: str) -> str | None:
-    """The registry digest of the base as pulled from base_ref's repository (sha256:...), if the engine recorded one."""
-    repository = base_ref.split("@", 1)[0]
-    last = repository.rsplit("/", 1)[-1]
-    if ":" in last:
-        repository = repository[: len(repository) - len(last)] + last.split(":", 1)[0]
+    """The registry digest of the base as pulled from base_ref's repository (sha256:...), if the engine recorded one.
+
+    Names are compared as Docker resolves them: the engine records `ubuntu@sha256:...` for `library/ubuntu:24.04`
+    and `docker.io/library/ubuntu:24.04` alike.
+    """
+    wanted = parse_ref(base_ref)
     for entry in repo_digests:
         name, _, digest = entry.partition("@")
-        if name == repository and digest.startswith("sha256:"):
+        found = parse_ref(name)
+        if (found.registry, found.repository) == (wanted.registry, wanted.repository) and digest.startswith("sha256:"):
             return digest
     return None

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import TextIO
 
+from . import labels as contract
 from .engine import Cancelled, Engine, PushError
 from .model import PushResult
+from .registry import RegistryClient, RegistryError, RemoteImage
 
 RETRIES = 3
 
@@ -50,6 +52,33 @@ def push_refs(
     except PushError as exc:
         raise PartialPush(str(exc), pushed=tuple(results)) from None
     return tuple(results)
+
+
+def published(registry: RegistryClient, refs: tuple[str, ...], build_hash: str, *, gpus: bool) -> RemoteImage | None:
+    """The image the registry already serves under the first reference, if it was sealed as verified for this very build.
+
+    Sealed means the labels say so and the seal is the image's own newest step (an image built FROM ours inherits
+    the labels, not the step).
+    """
+    image = registry.image(refs[0])
+    if image is None or not contract.sealed(image.labels, build_hash, gpus=gpus):
+        return None
+    return image if contract.seal_step(build_hash) in image.newest_step else None
+
+
+def move_aliases(registry: RegistryClient, refs: tuple[str, ...], image: RemoteImage) -> tuple[PushResult, ...]:
+    """Point each other reference at the image, by manifest alone (no layer moves); only those that point elsewhere."""
+    moved: list[PushResult] = []
+    try:
+        for ref in refs[1:]:
+            if registry.digest(ref) != image.manifest.digest:
+                served = registry.put_manifest(ref, image.manifest)
+                if served != image.manifest.digest:
+                    raise PushError(f"the registry serves {served} for {ref}, moved to {image.manifest.digest}", transient=False)
+                moved.append(PushResult(ref=ref, digest=served))
+    except (PushError, RegistryError) as exc:
+        raise PartialPush(str(exc), pushed=tuple(moved)) from None
+    return tuple(moved)
 
 
 class PartialPush(PushError):

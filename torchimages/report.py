@@ -15,11 +15,12 @@ def result_record(result: BuildResult) -> dict[str, Any]:
     spec, seen = result.spec, result.verify
     return {
         "name": spec.name,
-        "status": result.status,
+        "status": result.status + (" (registry)" if result.registry_digest else ""),
         "image_id": result.image_id,
         "tags": list(result.tags),
         "verified": result.verified,
         "pushed": [{"ref": p.ref, "digest": p.digest} for p in result.pushed],
+        "registry_digest": result.registry_digest,
         "error": result.error,
         "torch": seen.torch if seen else spec.torch_build,
         "torchvision": seen.packages.get("torchvision") if seen else spec.torchvision,
@@ -54,7 +55,7 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        digest = r["pushed"][0]["digest"][:19] if r["pushed"] else "-"
+        digest = (r["registry_digest"] or (r["pushed"][0]["digest"] if r["pushed"] else "-"))[:19]
         lines.append(
             f"| {r['name']} | {r['status']} | {r['torch']} | {r['cuda'] or 'cpu'} | {r['cudnn'] or '-'} | {r['python']} "
             f"| {human_size(r['size'])} | {'yes' if r['verified'] else 'no'} | {digest} |"

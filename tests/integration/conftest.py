@@ -43,6 +43,10 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built(engine: Engine, fixture_matrix: Matrix, build_dir: Path) -> list[BuildResult]:
     """The whole test matrix built, verified and pushed once per session, two images at a time (as `--jobs 2`)."""
     options = BuildOptions(push=True, jobs=2, out_dir=build_dir, shared_wheelhouse=WHEELHOUSE)
+    # The session pushes for real: an earlier session's tags would otherwise let the run take the images as they are
+    # in the registry, with nothing built or tagged here (the blobs stay, so the push moves no layer again).
+    for ref in (ref for spec in fixture_matrix.images for ref in spec.refs):
+        testenv.delete_from_registry(ref)
     return build_images(fixture_matrix, list(fixture_matrix.images), options, engine=engine)
 
 

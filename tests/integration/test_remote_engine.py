@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ import yaml
 
 from torchimages.engine import Engine
 from torchimages.matrix import load_matrix
+from torchimages.model import BuildResult
+from torchimages.registry import RegistryClient
 from torchimages.testing.engines import ScratchEngine, copy_image, scratch_engine
 
 ROOT = Path(__file__).parents[2]
@@ -65,3 +68,39 @@ def test_an_engine_in_its_own_network_namespace_builds_and_verifies_an_image(eng
     stored = remote.client().df()["LayersSize"]
     assert stored < image.attrs["Size"] + 50_000_000, (stored, image.attrs["Size"])
     assert bridge.exists(), "the second engine took the session engine's bridge"
+
+
+def test_a_fresh_engine_takes_what_the_registry_already_serves(
+    built: list[BuildResult], build_dir: Path, remote: ScratchEngine, tmp_path: Path
+) -> None:
+    """A new CI runner: its engine holds nothing, the registry holds the session's pushes. Every image is found there
+    by its build hash: nothing is pulled, built or pushed, and an alias that pointed elsewhere is moved back."""
+    assert all(result.pushed for result in built), [result.error for result in built]
+    cpu, cuda = next(r for r in built if r.spec.cuda is None), next(r for r in built if r.spec.cuda)
+    alias = cpu.spec.refs[-1]
+    registry = RegistryClient()
+    moved_away = registry.manifest(cuda.pushed[0].ref)
+    cpu_manifest = registry.manifest(cpu.pushed[0].ref)
+    assert moved_away is not None and cpu_manifest is not None
+    registry.put_manifest(alias, moved_away)  # someone re-pointed the alias
+    try:
+        out = tmp_path / "out"
+        shutil.copytree(build_dir / "locks", out / "locks")
+        command = [sys.executable, "-m", "invoke", "build", "--push", "--config", str(FIXTURE), "--out-dir", str(out)]
+        done = subprocess.run(
+            [*command, "--wheelhouse", str(WHEELHOUSE)], cwd=ROOT, env=remote.environment(), capture_output=True, text=True,
+            timeout=600, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        records = {r["name"]: r for r in json.loads((out / "report.json").read_text())["images"]}
+        for result in built:
+            record = records[result.spec.name]
+            assert (record["status"], record["verified"]) == ("unchanged (registry)", True), record
+            assert record["registry_digest"] == result.pushed[0].digest
+            expected = [{"ref": alias, "digest": cpu_manifest.digest}] if result is cpu else []
+            assert record["pushed"] == expected, record
+        assert registry.digest(alias) == cpu_manifest.digest
+        assert "building" not in done.stdout and "pulling" not in done.stdout, done.stdout
+        assert remote.client().images.list(all=True) == [], "the fresh engine pulled or built something"
+    finally:
+        registry.put_manifest(alias, cpu_manifest)

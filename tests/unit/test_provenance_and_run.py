@@ -72,6 +72,11 @@ def test_the_base_digest_comes_from_the_repository_the_base_was_pulled_from() ->
     assert base_digest(digests, "nvidia/cuda:12.4.1-runtime-ubuntu22.04") == "sha256:" + "a" * 64
     assert base_digest(digests, "registry.example:5000/nvidia/cuda:12.4.1-runtime-ubuntu22.04") is None
     assert base_digest((), "nvidia/cuda:12.4.1-runtime-ubuntu22.04") is None
+    # Docker records Docker Hub's official images by their short name, however the tag was spelt.
+    official = ("ubuntu@sha256:" + "c" * 64,)
+    for spelling in ("library/ubuntu:24.04", "ubuntu:24.04", "docker.io/library/ubuntu:24.04", "index.docker.io/library/ubuntu:24.04"):
+        assert base_digest(official, spelling) == "sha256:" + "c" * 64, spelling
+    assert base_digest(official, "ghcr.io/library/ubuntu:24.04") is None
 
 
 def plan(**overrides):

@@ -18,6 +18,7 @@ from torchimages import pipeline
 from torchimages.engine import Cancelled, ImageInfo, RunResult
 from torchimages.matrix import load_matrix
 from torchimages.model import ImageSpec
+from torchimages.registry import Manifest, RegistryError, RemoteImage
 from torchimages.wheels import WheelSet
 
 ROOT = Path(__file__).parents[2]
@@ -57,6 +58,8 @@ class FakeEngine:
     interrupt_during: str = ""  # "build", "verify", "tag" or "push": a signal arrives then
     stop: threading.Event | None = None
     history_of: dict[str, list[str]] = field(default_factory=dict)
+    bases_present: bool = True  # False: a fresh engine, which pulls its bases (their registry digest is sha256:b)
+    pulled: list[str] = field(default_factory=list)
 
     def history(self, ref: str) -> list[str]:
         return self.history_of[self.tags.get(ref, ref)]
@@ -69,8 +72,12 @@ class FakeEngine:
             self.stop.set()  # what the signal handler does
             self.cancel()
 
+    def pull(self, ref: str, *, log: object) -> str:
+        self.pulled.append(ref)
+        return "sha256:b"
+
     def image(self, ref: str) -> ImageInfo | None:
-        if ref in (CPU.base_image, CUDA.base_image, CUDA.venv_base_image):
+        if ref in (CPU.base_image, CUDA.base_image, CUDA.venv_base_image) and (self.bases_present or ref in self.pulled):
             return ImageInfo(id="sha256:base", size=1, labels=dict(self.base_labels), repo_digests=(f"{ref.rsplit(':', 1)[0]}@sha256:b",))
         return self.images.get(self.tags.get(ref, ref))
 
@@ -79,6 +86,9 @@ class FakeEngine:
 
     def has_nvidia_runtime(self) -> bool:
         return False
+
+    def platform(self) -> tuple[str, str]:
+        return ("linux", "amd64")
 
     def build(
         self, context: bytes | Iterable[bytes], *, log: object, labels: dict[str, str] | None = None, on_step: object = None,
@@ -131,12 +141,14 @@ class FakeEngine:
         self.images.pop(ref, None)
 
 
-def build(engine: FakeEngine, spec: ImageSpec, tmp_path: Path, *, stop: threading.Event | None = None, **options: object):
+def build(
+    engine: FakeEngine, spec: ImageSpec, tmp_path: Path, *, stop: threading.Event | None = None, registry: object = None, **options: object
+):  # fmt: skip
     engine.stop = stop
     return pipeline._build_one(
         engine, spec, WheelSet(lock="torch==2.13.0\n", files=()),  # type: ignore[arg-type]
         pipeline.BuildOptions(out_dir=tmp_path, **options), pipeline._Console(io.StringIO().write), tmp_path,  # type: ignore[arg-type]
-        None, stop,
+        None, stop, None, registry,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -319,3 +331,107 @@ def test_an_image_built_from_ours_by_someone_else_is_never_taken_for_ours(tmp_pa
     engine.images.pop(ours)  # ours is gone: theirs must not stand in for it
     rebuilt = build(engine, CPU, tmp_path)
     assert rebuilt.status == "built" and rebuilt.image_id != theirs
+
+
+@dataclass
+class FakeRegistryClient:
+    """What a registry serves per reference: the image's labels and newest step (RegistryClient's answers)."""
+
+    images: dict[str, RemoteImage] = field(default_factory=dict)
+    moved: list[str] = field(default_factory=list)
+    fail: bool = False
+
+    def image(self, ref: str) -> RemoteImage | None:
+        if self.fail:
+            raise RegistryError("cannot reach ghcr.io for acme/pytorch: connection refused")
+        return self.images.get(ref)
+
+    def base_digest(self, ref: str) -> str | None:
+        return self.digest(ref)
+
+    def digest(self, ref: str) -> str | None:
+        if ref in (CPU.base_image, CUDA.base_image, CUDA.venv_base_image):
+            return "sha256:b"  # what the engine records as the base's RepoDigest when it pulls the same tag
+        return self.images[ref].manifest.digest if ref in self.images else None
+
+    def put_manifest(self, ref: str, manifest: Manifest) -> str:
+        self.moved.append(ref)
+        self.images[ref] = RemoteImage(manifest=manifest, labels={}, newest_step="")
+        return manifest.digest
+
+
+def published_by_an_earlier_run(spec: ImageSpec, tmp_path: Path, **changes: str) -> tuple[FakeRegistryClient, RemoteImage]:
+    """A registry holding what a run on another machine built, verified and pushed (every alias but the last)."""
+    earlier = FakeEngine(verify=verify_output(spec))
+    (tmp_path / "earlier").mkdir()
+    result = build(earlier, spec, tmp_path / "earlier")
+    info = earlier.images[result.image_id]
+    image = RemoteImage(
+        manifest=Manifest(digest="sha256:" + "e" * 64, media_type="application/vnd.docker.distribution.manifest.v2+json", body=b"{}"),
+        labels={**info.labels, **changes}, newest_step=earlier.history(result.image_id)[0],
+    )  # fmt: skip
+    stale = RemoteImage(manifest=Manifest(digest="sha256:" + "0" * 64, media_type="", body=b""), labels={}, newest_step="")
+    return FakeRegistryClient({**dict.fromkeys(spec.refs[:-1], image), spec.refs[-1]: stale}), image
+
+
+@pytest.mark.parametrize("spec", [CPU, CUDA], ids=["cpu", "cuda"])
+def test_an_image_the_registry_serves_for_this_build_is_neither_built_nor_pushed(spec: ImageSpec, tmp_path: Path) -> None:
+    registry, image = published_by_an_earlier_run(spec, tmp_path)
+    fresh = FakeEngine(verify=verify_output(spec), bases_present=False)  # a new CI runner: nothing in its engine
+    result = build(fresh, spec, tmp_path, push=True, registry=registry)
+    assert (result.status, result.verified, result.error, result.registry_digest) == ("unchanged", True, None, image.manifest.digest)
+    # Deciding cost no pull: the bases are named by the digest their tags resolve to, in the engine or in the registry.
+    assert (fresh.builds, fresh.pushed, fresh.tags, fresh.pulled) == (0, [], {}, [])
+    # Only the alias that pointed elsewhere moved, by manifest; the others already served the image.
+    assert registry.moved == [spec.refs[-1]] and [p.ref for p in result.pushed] == [spec.refs[-1]]
+    assert result.verify is not None and result.verify.torch == image.labels[contract.TORCH]
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({contract.BUILD_HASH: "0" * 64, contract.VERIFIED_BUILD: "0" * 64}, "another build of the same tag"),
+        ({contract.VERIFIED: "false"}, "not verified"),
+    ],
+)
+def test_what_the_registry_serves_for_other_inputs_is_rebuilt_and_pushed(changes: dict[str, str], why: str, tmp_path: Path) -> None:
+    registry, _ = published_by_an_earlier_run(CPU, tmp_path, **changes)
+    fresh = FakeEngine(verify=verify_output(CPU))
+    result = build(fresh, CPU, tmp_path, push=True, registry=registry)
+    assert (result.status, result.registry_digest, fresh.pushed) == ("built", None, list(CPU.refs)), why
+
+
+def test_an_image_built_from_ours_in_the_registry_is_not_taken_for_ours(tmp_path: Path) -> None:
+    registry, image = published_by_an_earlier_run(CPU, tmp_path)
+    derived = RemoteImage(manifest=image.manifest, labels=image.labels, newest_step="/bin/sh -c pip install mine")  # labels inherited
+    registry.images[CPU.refs[0]] = derived
+    result = build(FakeEngine(verify=verify_output(CPU)), CPU, tmp_path, push=True, registry=registry)
+    assert result.status == "built"
+
+
+def test_a_registry_that_cannot_be_asked_means_building(tmp_path: Path) -> None:
+    registry, _ = published_by_an_earlier_run(CPU, tmp_path)
+    registry.fail = True
+    fresh = FakeEngine(verify=verify_output(CPU))
+    result = build(fresh, CPU, tmp_path, push=True, registry=registry)
+    assert (result.status, fresh.pushed) == ("built", list(CPU.refs))
+    assert "cannot ask the registry whether" in (tmp_path / f"{CPU.name}.log").read_text()
+
+
+def test_rebuild_and_runs_without_push_do_not_ask_the_registry(tmp_path: Path) -> None:
+    for options in ({"push": True, "rebuild": True}, {"push": False}):
+        assert pipeline.registry_client(FakeEngine(), pipeline.BuildOptions(out_dir=tmp_path, **options)) is None  # type: ignore[arg-type]
+
+
+def test_a_fresh_engine_pulls_its_bases_only_when_it_builds(tmp_path: Path) -> None:
+    registry, _ = published_by_an_earlier_run(CPU, tmp_path, **{contract.VERIFIED: "false"})
+    fresh = FakeEngine(verify=verify_output(CPU), bases_present=False)
+    result = build(fresh, CPU, tmp_path, push=True, registry=registry)
+    assert (result.status, fresh.pulled) == ("built", [CPU.base_image])
+    # The same build hash as an engine that had the base all along: the registry digest names it in both.
+    assert result.image_id is not None
+    with_base = FakeEngine(verify=verify_output(CPU))
+    (tmp_path / "again").mkdir()
+    again = build(with_base, CPU, tmp_path / "again")
+    assert again.image_id is not None
+    assert fresh.images[result.image_id].labels[contract.BUILD_HASH] == with_base.images[again.image_id].labels[contract.BUILD_HASH]
