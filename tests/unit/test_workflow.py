@@ -138,7 +138,10 @@ def test_triggers_cover_main_pull_requests_manual_runs_and_a_weekly_rebuild(work
     assert on["push"]["paths"] == on["pull_request"]["paths"]
     assert {".github/workflows/build.yml", "requirements*.txt", "images.yaml"} <= set(on["push"]["paths"])
     assert "cuda" in on["workflow_dispatch"]["inputs"]
-    assert on["schedule"] and all(len(entry["cron"].split()) == 5 for entry in on["schedule"])
+    # Weekly: one fixed minute, hour and weekday, every day of the month and every month.
+    assert [len(entry["cron"].split()) for entry in on["schedule"]] == [5]
+    minute, hour, day, month, weekday = on["schedule"][0]["cron"].split()
+    assert (day, month) == ("*", "*") and all(field.isdigit() for field in (minute, hour, weekday)), on["schedule"]
 
 
 def test_the_reports_and_logs_are_kept_even_when_a_build_fails(workflow: dict[Any, Any]) -> None:
