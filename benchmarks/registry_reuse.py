@@ -79,6 +79,7 @@ def main() -> int:
                     if statuses != {"unchanged (registry)"} or fresh.client().images.list(all=True):
                         raise SystemExit(f"not every image was taken from the registry ({statuses}):\n{stdout[-3000:]}")
                 ours.append(elapsed)
+                print(f"fresh engine, populated registry, run {run + 1}: {elapsed:.2f} s", flush=True)
             with scratch_engine() as fresh:
                 for ref in dict.fromkeys(ref for spec in matrix.images for ref in (spec.base_image, spec.venv_base_image)):
                     copy_image(engine, fresh, ref)
@@ -88,6 +89,7 @@ def main() -> int:
         finally:
             for ref in refs:
                 testenv.delete_from_registry(ref)
+                engine.remove_image(ref)  # the tag only: the images are the session's
     mine = statistics.median(ours)
     print(f"images: {len(first)}")
     print(f"fresh engine, populated registry (invoke build --push): median {mine:7.2f} s   ({', '.join(f'{t:.2f}' for t in ours)})")
