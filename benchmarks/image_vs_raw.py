@@ -6,8 +6,9 @@ For the CPU image of the test matrix, each side on a new, empty dockerd in a net
 - ours: `invoke build --rebuild` of that one image: the build context with its wheels, the venv stage,
   the image's own steps, verification inside the image and the seal;
 - raw: one container from the same base installs the same locked wheels (the wheelhouse mounted
-  read-only) into a new venv with pip (`--no-index --require-hashes --no-deps`), then `docker commit`
-  exports the container's changes as a layer. No verification, no second stage, no labels.
+  read-only) into a new venv with the build's own installer and options (the lock's uv: `--no-index
+  --require-hashes --no-deps --compile-bytecode`), then `docker commit` exports the container's
+  changes as a layer. No build context, no verification, no second stage, no labels.
 
 Prints both medians and the ratio. Run as root after `invoke testenv`:
     .venv/bin/python benchmarks/image_vs_raw.py
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from torchimages.lock import read_lock  # noqa: E402
 from torchimages.matrix import load_matrix  # noqa: E402
+from torchimages.model import UV  # noqa: E402
 from torchimages.pipeline import BuildOptions, build_images  # noqa: E402
 from torchimages.testing import testenv  # noqa: E402
 from torchimages.testing.engines import ScratchEngine, copy_image, scratch_engine  # noqa: E402
@@ -56,6 +59,11 @@ def main() -> int:
             return 1
         requirements = Path(folder) / "requirements.txt"
         requirements.write_text(lock.requirements)
+        (uv,) = (f for f in lock.files if f.name == UV)
+        with zipfile.ZipFile(WHEELHOUSE / uv.filename) as archive:
+            binary = Path(folder) / "uv"
+            binary.write_bytes(archive.read(next(n for n in archive.namelist() if n.endswith(".data/scripts/uv"))))
+        binary.chmod(0o755)
 
         def ours(fresh: ScratchEngine) -> float:
             out = OUT / "ours"
@@ -72,11 +80,15 @@ def main() -> int:
 
         def raw(fresh: ScratchEngine) -> float:
             script = (
-                f"set -e; python{spec.python} -m venv /opt/venv; "
-                "/opt/venv/bin/pip install --quiet --no-index --find-links /wheels --only-binary=:all: --require-hashes --no-deps "
-                "-r /requirements.txt"
+                f"set -e; python{spec.python} -m venv --without-pip /opt/venv; "
+                "/uv pip install --quiet --no-config --no-cache --python /opt/venv/bin/python --no-index --find-links /wheels "
+                "--only-binary :all: --require-hashes --no-deps --compile-bytecode --link-mode copy -r /requirements.txt"
             )
-            volumes = {str(WHEELHOUSE): {"bind": "/wheels", "mode": "ro"}, str(requirements): {"bind": "/requirements.txt", "mode": "ro"}}
+            volumes = {
+                str(WHEELHOUSE): {"bind": "/wheels", "mode": "ro"},
+                str(requirements): {"bind": "/requirements.txt", "mode": "ro"},
+                str(binary): {"bind": "/uv", "mode": "ro"},
+            }
             client = fresh.client()
             started = time.monotonic()
             container = client.containers.run(spec.venv_base_image, ["sh", "-c", script], volumes=volumes, detach=True)

@@ -8,15 +8,14 @@ and an image whose modules are not compiled pays for it at every start, in every
 - pip (the locked pip the build installs): `pip install --no-index --find-links --only-binary=:all: --require-hashes --no-deps`
 - uv: `uv pip install --no-index --find-links --require-hashes --no-deps --compile-bytecode --link-mode copy`, no cache
 
-uv comes from PyPI through the index replica on 127.0.0.1:5003 that `invoke testenv` starts. The sides alternate,
-RUNS times each. Prints both medians and the ratio. Run as root after `invoke testenv`:
+uv is the lock's own (the build's installer, from PyPI through the index replica on 127.0.0.1:5003 that
+`invoke testenv` starts). The sides alternate, RUNS times each. Prints both medians and the ratio. Run as root after `invoke testenv`:
     .venv/bin/python benchmarks/installer.py
 """
 
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,24 +27,20 @@ sys.path.insert(0, str(ROOT))
 
 from torchimages.lock import read_lock  # noqa: E402
 from torchimages.matrix import load_matrix  # noqa: E402
+from torchimages.model import PIP, UV  # noqa: E402
 from torchimages.pipeline import BuildOptions, build_images  # noqa: E402
 from torchimages.testing import testenv  # noqa: E402
 
 RUNS = 3
-UV = "uv==0.13.9"
 FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
 OUT = ROOT / "build" / "bench" / "installer"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
 
 
-def _uv(folder: Path) -> Path:
-    """The uv binary, from its PyPI wheel (through the loopback replica)."""
-    index = f"{testenv.REPLICA}/pypi/simple/"
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--index-url", index, UV]
-    subprocess.run([*command, "--dest", str(folder)], check=True)
-    (wheel,) = folder.glob("uv-*.whl")
+def _uv(wheel: Path, folder: Path) -> Path:
+    """The uv binary out of its wheel."""
     with zipfile.ZipFile(wheel) as archive:
-        name = next(n for n in archive.namelist() if n.endswith("/scripts/uv"))
+        name = next(n for n in archive.namelist() if n.endswith(".data/scripts/uv"))
         target = folder / "uv"
         target.write_bytes(archive.read(name))
     target.chmod(0o755)
@@ -63,9 +58,10 @@ def main() -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="ti-bench-") as name:
         folder = Path(name)
-        _uv(folder)  # to /in/uv
+        (uv,) = (f for f in lock.files if f.name == UV)
+        _uv(WHEELHOUSE / uv.filename, folder)  # to /in/uv
         (folder / "requirements.txt").write_text(lock.requirements)
-        (folder / "pip.txt").write_text(lock.installer)
+        (folder / "pip.txt").write_text("".join(f.pinned for f in lock.files if f.name == PIP))
         python = f"python{spec.python}"
         venv = f"{python} -m venv /v && /v/bin/pip install -q --no-index --find-links /wheels --require-hashes --no-deps -r /in/pip.txt"
         scripts = {
@@ -87,8 +83,8 @@ def main() -> int:
     pip, fast = statistics.median(times["pip"]), statistics.median(times["uv"])
     wheels = sum((WHEELHOUSE / f.filename).stat().st_size for f in lock.files)
     print(f"image: {spec.name}, {len(lock.files)} wheels, {wheels / 1e9:.2f} GB; runs per side: {RUNS}")
-    print(f"pip {lock.installer.split()[0]}: median {pip:6.1f} s   ({', '.join(f'{t:.1f}' for t in times['pip'])})")
-    print(f"{UV}:   median {fast:6.1f} s   ({', '.join(f'{t:.1f}' for t in times['uv'])})")
+    print(f"pip {lock.packages[PIP]}: median {pip:6.1f} s   ({', '.join(f'{t:.1f}' for t in times['pip'])})")
+    print(f"uv {uv.version}:   median {fast:6.1f} s   ({', '.join(f'{t:.1f}' for t in times['uv'])})")
     print(f"ratio pip / uv = {pip / fast:.2f}")
     return 0
 

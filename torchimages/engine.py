@@ -42,7 +42,8 @@ class BuildError(EngineError):
     """The build stream reported an error, at a Dockerfile step.
 
     Docker's own message for a failed RUN repeats the whole command and says only its exit code; the message here
-    says the exit code and why, in the words of the tool that failed (apt's `E:`, pip's `ERROR:`, an OSError)."""
+    says the exit code and why, in the words of the tool that failed (apt's `E:`, pip's `ERROR:`, uv's `error:` and
+    its causes, an OSError)."""
 
     def __init__(self, message: str, *, step: str | None, tail: str = "") -> None:
         self.step = step
@@ -55,7 +56,8 @@ class BuildError(EngineError):
 
 _RUN_FAILED = re.compile(r"The command .* returned a non-zero code: (\d+)", re.DOTALL)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_REASON = re.compile(r"^(?:ERROR: |E: |error: |fatal: )|\[Errno \d+\]")
+# apt's `E:`, pip's `ERROR:` and Python's `[Errno N]`, uv's `error:` with the causes it lists under it, `(os error N)`.
+_REASON = re.compile(r"^(?:ERROR: |E: |error: |fatal: |Caused by: |cause: )|\[Errno \d+\]|\(os error \d+\)")
 
 
 def build_reason(output: str) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import mask_credentials
-from .model import INSTALLER, ImageSpec, exact_requirement
+from .model import PIP, UV, ImageSpec, exact_requirement
 from .wheels import Credential, WheelError, pip_configuration, pip_run, pip_version, platform_tags, sha256_file, split_credentials
 
 
@@ -72,18 +72,30 @@ class Lock:
     files: tuple[LockedFile, ...]
 
     @property
+    def shipped(self) -> tuple[LockedFile, ...]:
+        """What the image's venv gets: every file but the build's installer (uv), which stays in the build."""
+        return tuple(f for f in self.files if f.name != UV)
+
+    @property
     def requirements(self) -> str:
         """A hash-pinned requirements file: what the build installs with --require-hashes --no-deps."""
-        return "".join(f.pinned for f in self.files)
+        return "".join(f.pinned for f in self.shipped)
 
     @property
     def installer(self) -> str:
-        """The lock's own pip, hash-pinned: installed before everything else."""
-        return "".join(f.pinned for f in self.files if f.name == INSTALLER)
+        """The context file the build's venv stage installs with (see installer_file).
+
+        uv: its wheel and sha256 as a `sha256sum --check` file (the stage checks it, then unpacks the binary, so no
+        pip of the base's, which may predate the wheel's manylinux tag, is involved); pip: the locked pip, hash-pinned.
+        """
+        uv = [f for f in self.files if f.name == UV]
+        if uv:
+            return f"{uv[0].sha256}  /tmp/wheels/{uv[0].filename}\n"  # where the venv stage has the wheels
+        return "".join(f.pinned for f in self.files if f.name == PIP)
 
     @property
     def packages(self) -> dict[str, str]:
-        return {f.name: f.version for f in self.files}
+        return {f.name: f.version for f in self.shipped}
 
 
 def target_args(spec: ImageSpec) -> list[str]:

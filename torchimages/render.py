@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 
 from .labels import expected_labels
-from .model import ImageSpec
+from .model import UV, ImageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "dockerfiles" / "templates"
@@ -63,6 +63,7 @@ def render_dockerfile(spec: ImageSpec) -> str:
         template = _environment().get_template("Dockerfile.j2")
         return template.render(
             spec=spec,
+            installer_file=installer_file(spec),
             apt_packages=sorted(spec.apt_packages),
             labels=sorted(expected_labels(spec).items()),
             user=USER,
@@ -76,12 +77,17 @@ def generated_path(spec: ImageSpec, root: Path = GENERATED) -> Path:
     return root / spec.name / "Dockerfile"
 
 
+def installer_file(spec: ImageSpec) -> str:
+    """The context file naming what installs the lock (Lock.installer): uv's wheel and hash, or the locked pip."""
+    return "uv.sha256" if spec.installer == UV else "pip.txt"
+
+
 def context_files(spec: ImageSpec, *, dockerfile: str, requirements: str, installer: str) -> dict[str, bytes]:
     """Every file of the build context, by name."""
     return {
         "Dockerfile": dockerfile.encode(),
         "requirements.txt": requirements.encode(),
-        "pip.txt": installer.encode(),
+        installer_file(spec): installer.encode(),
         "verify.py": VERIFY_SCRIPT.read_bytes(),
         "profile.sh": PROFILE_SCRIPT.read_bytes(),
         "labels.json": (json.dumps(expected_labels(spec), indent=2, sort_keys=True) + "\n").encode(),

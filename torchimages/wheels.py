@@ -40,7 +40,7 @@ class WheelSet:
 
     lock: str
     files: tuple[str, ...]
-    installer: str = ""  # the lock's pip line, installed first
+    installer: str = ""  # what installs it (Lock.installer)
 
 
 def platform_tags(glibc: str, arch: str = "x86_64") -> list[str]:

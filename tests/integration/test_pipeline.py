@@ -193,10 +193,20 @@ def test_one_torch_release_in_two_variants_each_image_with_its_own(report: dict,
             assert checks["torchvision.build"] == checks["torchaudio.build"] == "pass", checks
 
 
-def test_the_venv_runs_the_locked_pip(engine: Engine, cpu_image: str, build_dir: Path, built: list[BuildResult]) -> None:
-    """The distribution's own pip may not know the lock's wheel tags (Ubuntu 20.04's pip 20.0): the locked one is installed first."""
+def test_uv_installed_the_venv_which_runs_the_locked_pip_and_holds_no_uv(
+    engine: Engine, cpu_image: str, build_dir: Path, built: list[BuildResult]
+) -> None:
+    """The lock's uv installs it in the build and stays there; the venv's pip is the locked one, for derived images."""
     cpu = next(r for r in built if r.spec.cuda is None)
     lock = json.loads((build_dir / "locks" / f"{cpu.spec.name}.json").read_text())
     (locked_pip,) = [f["version"] for f in lock["files"] if f["name"] == "pip"]
+    assert [f["version"] for f in lock["files"] if f["name"] == "uv"] == ["0.13.9"]
     outcome = engine.run(cpu_image, ["pip", "--version"], timeout=60)
     assert outcome.exit_code == 0 and outcome.output.split()[:2] == ["pip", locked_pip], outcome.output
+    # INSTALLER files end without a newline: awk prints each as a line of its own.
+    script = "awk 1 /opt/venv/lib/python*/site-packages/*.dist-info/INSTALLER | sort | uniq -c; command -v uv || echo no-uv"
+    outcome = engine.run(cpu_image, ["sh", "-c", script], timeout=60)
+    rows = [line.split() for line in outcome.output.splitlines()]
+    installers = {row[1]: int(row[0]) for row in rows if len(row) == 2 and row[0].isdigit()}
+    assert installers == {"uv": len(lock["files"]) - 1}, outcome.output  # every locked file but uv's own, all by uv
+    assert "no-uv" in outcome.output and "\nuv\n" not in outcome.output, outcome.output

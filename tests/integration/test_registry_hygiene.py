@@ -5,11 +5,15 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from torchimages.engine import Engine
+from torchimages.labels import BUILD_HASH
 from torchimages.testing import services
+from torchimages.testing.containers import prune_untagged_builds
 from torchimages.testing.services import ScratchRegistry
 from torchimages.testing.testenv import MIRROR
 
@@ -67,3 +71,20 @@ def test_deleting_a_tag_and_sweeping_leave_only_what_is_kept(engine: Engine, tmp
     finally:
         for ref in (keep, stale, deleted):
             engine.remove_image(ref)
+
+
+def test_testenv_prunes_untagged_builds_of_ours_once_they_are_old_enough(engine: Engine) -> None:
+    """What a changed build hash or a killed run leaves goes; a tagged image, or one made just now, stays."""
+    build_hash = f"test-{uuid.uuid4().hex}"
+    ids = [engine.build(_context(f"FROM scratch\nLABEL {BUILD_HASH}={build_hash} n={n}\n"), log=io.StringIO()) for n in (1, 2)]
+    tag = f"torch-images-test-prune:{build_hash}"
+    engine.tag(ids[1], tag)
+    try:
+        prune_untagged_builds(build_hash=build_hash)  # two hours by default: both are younger
+        assert engine.image(ids[0]) is not None
+        time.sleep(2)  # the engine compares creation times in whole seconds
+        prune_untagged_builds(build_hash=build_hash, older_than="1s")
+        assert engine.image(ids[0]) is None and engine.image(tag) is not None
+    finally:
+        for ref in (tag, *ids):
+            engine.remove_image(ref, force=True)

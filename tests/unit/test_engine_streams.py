@@ -66,6 +66,22 @@ def test_a_full_disk_inside_a_build_is_named_with_pips_words() -> None:
     assert "/bin/sh -c" not in message
 
 
+def test_uvs_error_is_named_with_the_cause_it_gives_under_it() -> None:
+    """As uv 0.13.9 said it in a build whose context carried other bytes under a locked wheel's name."""
+    stream = [
+        {"stream": "Step 7/26 : RUN set -eux; uv pip install --require-hashes -r requirements.txt\n"},
+        {"stream": "\x1b[91mUsing Python 3.11.2 environment at: /opt/venv\n\x1b[0m\x1b[91mResolved 1 package in 1ms\n\x1b[0m"},
+        {"stream": "\x1b[91merror\x1b[0m\x1b[91m: Failed to download `pyyaml==6.0.4`\n  cause: Hash mismatch for `pyyaml==6.0.4`\n\n"},
+        {"stream": "         Expected:\n           sha256:622aa875\n\n         Computed:\n           sha256:c293e525\n\x1b[0m"},
+        {"error": "The command '/bin/sh -c set -eux; uv pip install --require-hashes -r requirements.txt' returned a non-zero code: 1"},
+    ]
+    with pytest.raises(BuildError) as caught:
+        engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO())
+    assert str(caught.value).startswith(
+        "the command exited 1: error: Failed to download `pyyaml==6.0.4` cause: Hash mismatch for `pyyaml==6.0.4` (at step 7/26"
+    ), str(caught.value)
+
+
 def test_a_build_error_that_is_not_a_failed_command_is_kept_as_docker_says_it() -> None:
     stream = [{"stream": "Step 1/2 : FROM x\n"}, {"error": "pull access denied for x, repository does not exist"}]
     with pytest.raises(BuildError) as caught:

@@ -116,3 +116,18 @@ def test_the_runtime_and_devel_images_render_the_same_venv_stage() -> None:
     assert stage["runtime"] == stage["devel"]
     assert f"FROM {cuda['devel'].venv_base_image} AS venv" in stage["devel"] and "-base-" in cuda["devel"].venv_base_image
     assert f"FROM {cuda['devel'].base_image}\n" in render.render_dockerfile(cuda["devel"])
+
+
+def test_uv_installs_the_lock_where_it_runs_the_python_and_the_locked_pip_below(spec) -> None:
+    """uv's wheel requires python 3.8: an older image keeps pip, and only uv's images lock uv (never shipped)."""
+    old = replace(spec, python="3.7")
+    assert (spec.installer, old.installer) == ("uv", "pip")
+    assert spec.requirements[-2:] == ("pip", "uv==0.13.9") and old.requirements[-1] == "pip" and "uv==0.13.9" not in old.requirements
+    new, legacy = render.render_dockerfile(spec), render.render_dockerfile(old)
+    assert "COPY requirements.txt uv.sha256 /opt/torch-images/" in new and "sha256sum --check --strict /opt/torch-images/uv.sha256" in new
+    assert "--require-hashes --no-deps --compile-bytecode" in new and "pip.txt" not in new
+    assert "COPY requirements.txt pip.txt /opt/torch-images/" in legacy and "uv.sha256" not in legacy
+    assert '"$uv" pip install' in new and '"$uv"' not in legacy and "-r /opt/torch-images/pip.txt" in legacy
+    for image, name in ((spec, "uv.sha256"), (old, "pip.txt")):
+        files = render.context_files(image, dockerfile="", requirements="", installer="x")
+        assert files[name] == b"x" and set(files) == {"Dockerfile", "requirements.txt", name, "verify.py", "profile.sh", "labels.json"}

@@ -137,6 +137,7 @@ class FakePyPI:
             StandIn("typing_extensions", "4.12.2", "3.8", "manylinux1_x86_64", (), None),
             StandIn("pillow", "10.4.0", "3.8", "manylinux_2_28_x86_64", (), None),
             StandIn("pip", "25.0.1", "3.8", "manylinux1_x86_64", (), None),
+            StandIn("uv", "0.13.9", "3.8", "manylinux_2_17_x86_64", (), None),
         ]
         self.by_name = {urllib.parse.unquote(w.filename): w for w in wheels}
         self.bodies_served: list[str] = []  # a lock reads metadata only: this stays empty
@@ -209,8 +210,10 @@ def test_pip_resolves_the_cuda_11_2_image_to_cu111_linux_wheels_from_metadata_al
     assert lock.packages["torch"] == "1.8.1+cu111" and lock.packages["torchvision"] == "0.9.1+cu111"
     assert files["torch"].url == f"{replica}/whl/cu111/torch-1.8.1%2Bcu111-cp38-cp38-linux_x86_64.whl"
     assert files["torchaudio"].filename == "torchaudio-0.8.1-cp38-cp38-manylinux1_x86_64.whl"  # CPU-only, from PyPI
-    assert set(lock.packages) == {"torch", "torchvision", "torchaudio", "numpy", "typing-extensions", "pillow", "pip"}
-    assert lock.installer.startswith("pip===25.0.1 \\\n    --hash=sha256:")  # installed first in the image
+    assert set(lock.packages) == {"torch", "torchvision", "torchaudio", "numpy", "typing-extensions", "pillow", "pip"}  # no uv
+    uv = files["uv"]
+    assert lock.installer == f"{uv.sha256}  /tmp/wheels/uv-0.13.9-cp38-cp38-manylinux_2_17_x86_64.whl\n"  # the build's installer
+    assert "pip===25.0.1 \\\n    --hash=sha256:" in lock.requirements and "uv" not in lock.requirements  # pip is shipped, uv not
     assert all(len(f.sha256) == 64 for f in lock.files)
     assert fake_pypi.bodies_served == []  # every wheel was judged by its metadata file alone
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from torchimages.matrix import load_matrix
+from torchimages.render import render_dockerfile
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -44,3 +48,14 @@ def test_the_declared_python_matches_the_checks() -> None:
     assert f'requires-python = ">={HOST_PYTHON}"' in text
     assert f'target-version = "py{HOST_PYTHON.replace(".", "")}"' in text
     assert f'python_version = "{HOST_PYTHON}"' in text
+
+
+def test_every_rendered_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
+    """The checked-in Dockerfiles, and an older python's install step (pip), which none of them uses; the template
+    states each rule it sets aside, and why, beside the RUN it concerns."""
+    legacy = tmp_path / "Dockerfile"
+    legacy.write_text(render_dockerfile(replace(load_matrix(ROOT / "tests" / "fixtures" / "images.yaml").images[0], python="3.7")))
+    files = [*sorted(ROOT.glob("dockerfiles/generated/*/Dockerfile")), legacy]
+    assert len(files) > 10
+    done = tool("hadolint", "--no-color", "--failure-threshold", "info", *map(str, files))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

@@ -13,6 +13,7 @@ import docker
 import docker.errors
 
 from ..engine import EngineError, split_ref
+from ..labels import BUILD_HASH
 
 
 def _client() -> docker.DockerClient:
@@ -33,6 +34,20 @@ def import_rootfs(tar_path: Path, ref: str, *, changes: list[str]) -> str:
         raise EngineError(f"import of {tar_path} as {ref} left no image") from None
     except docker.errors.APIError as exc:
         raise EngineError(f"cannot import {tar_path} as {ref}: {exc.explanation or exc}") from None
+
+
+def prune_untagged_builds(*, older_than: str = "2h", build_hash: str | None = None) -> int:
+    """Remove untagged images of our builds made before `older_than`; return the bytes freed.
+
+    They are what a changed build hash supersedes (the tags moved to the new image) and what a killed run left: no
+    tag names them and a run rebuilds what it needs, while the disk is shared by every later run on this machine.
+    The age keeps a build that another run has just made, and not yet tagged, out of reach."""
+    try:
+        label = f"{BUILD_HASH}={build_hash}" if build_hash else BUILD_HASH
+        done = _client().images.prune(filters={"dangling": True, "label": label, "until": older_than})
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot prune untagged builds: {exc.explanation or exc}") from None
+    return int(done.get("SpaceReclaimed") or 0)
 
 
 class Service:

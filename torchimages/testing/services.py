@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..engine import Engine, EngineUnavailable
+from ..registry import RegistryClient, RegistryError
 from ..render import ROOT
 
 STATE = ROOT / "build" / "testenv"
@@ -23,14 +24,6 @@ REGISTRY = "127.0.0.1:5000"
 MIRROR = f"{REGISTRY}/mirror"
 REGISTRY_DATA = Path("/var/lib/torch-images-registry")
 TEST_NAMESPACE = "torch-images-test"  # what tests push to the loopback registry lives under this path
-MANIFEST_TYPES = ", ".join(
-    [
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    ]
-)
 REPLICA_PORT = 5003
 REPLICA = f"http://127.0.0.1:{REPLICA_PORT}"
 
@@ -242,16 +235,8 @@ def _loopback(ref: str) -> tuple[str, str, str]:
 
 def _manifest_digest(ref: str) -> str | None:
     """The digest of the manifest ref's tag names in its loopback registry (None: no such tag)."""
-    host, name, tag = _loopback(ref)
-    request = urllib.request.Request(f"http://{host}/v2/{name}/manifests/{tag}", method="HEAD", headers={"Accept": MANIFEST_TYPES})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            digest = response.headers.get("Docker-Content-Digest")
-            return str(digest) if digest else None
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
+    _loopback(ref)  # tests ask registries on 127.0.0.1 only
+    return RegistryClient().digest(ref)
 
 
 def delete_from_registry(ref: str) -> bool:
@@ -274,7 +259,7 @@ def in_registry(ref: str) -> bool:
     """True when the loopback registry serves a manifest for ref."""
     try:
         return _manifest_digest(ref) is not None
-    except (urllib.error.URLError, OSError):
+    except RegistryError:
         return False
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from ..engine import Engine
 from ..model import ImageSpec
+from .containers import prune_untagged_builds
 from .services import (
     MIRROR,
     REGISTRY,
@@ -28,6 +29,9 @@ def setup(specs: Iterable[ImageSpec], say: Say = print) -> Engine:
     specs = list(specs)
     ensure_replica(say)
     engine = ensure_engine(say)
+    freed = prune_untagged_builds()
+    if freed:
+        say(f"testenv: removed untagged images of earlier builds: freed {freed / 1e9:.1f} GB")
     ensure_registry(say, keep={spec.repository.removeprefix(f"{REGISTRY}/") for spec in specs})
     refs = ensure_stand_ins(engine, specs, say)
     for ref in refs:
