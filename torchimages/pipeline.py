@@ -271,7 +271,11 @@ def _build_one(
                 console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
             else:
                 base = _base(engine, spec.base_image, console=say, log=log)
-                _base(engine, spec.venv_base_image, console=say, log=log)
+                venv_base = _base(engine, spec.venv_base_image, console=say, log=log)
+                pulled = [_identity(base, spec.base_image), _identity(venv_base, spec.venv_base_image)]
+                if pulled != bases:  # a tag moved between the registry's answer and the pull: the hash names what is built
+                    log.write(f"a base moved since the registry was asked ({bases} -> {pulled}): the build hash names the pulled one\n")
+                    inputs = build_hash(context_tar(files), *pulled, "/".join(engine.platform()))
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
@@ -345,7 +349,11 @@ def _base_identity(engine: Engine, ref: str, registry: RegistryClient | None, *,
             digest = None
         if digest:
             return digest
-    info = info or _base(engine, ref, console=console, log=log)
+    return _identity(info or _base(engine, ref, console=console, log=log), ref)
+
+
+def _identity(info: ImageInfo, ref: str) -> str:
+    """A base in the engine as every machine names it: the registry digest of its tag, else its image ID."""
     return base_digest(info.repo_digests, ref) or info.id
 
 

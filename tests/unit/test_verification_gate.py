@@ -435,3 +435,20 @@ def test_a_fresh_engine_pulls_its_bases_only_when_it_builds(tmp_path: Path) -> N
     again = build(with_base, CPU, tmp_path / "again")
     assert again.image_id is not None
     assert fresh.images[result.image_id].labels[contract.BUILD_HASH] == with_base.images[again.image_id].labels[contract.BUILD_HASH]
+
+
+def test_a_base_tag_that_moves_before_the_pull_is_named_by_what_was_pulled(tmp_path: Path) -> None:
+    """The registry named one digest; by the time the fresh engine pulled, the tag had moved: hash and label follow the pull."""
+    registry, _ = published_by_an_earlier_run(CPU, tmp_path, **{contract.VERIFIED: "false"})
+    registry.digest = lambda ref: "sha256:a" if ref == CPU.base_image else None  # type: ignore[method-assign]
+    fresh = FakeEngine(verify=verify_output(CPU), bases_present=False)
+    result = build(fresh, CPU, tmp_path, push=True, registry=registry)
+    assert (result.status, fresh.pulled) == ("built", [CPU.base_image]) and result.image_id is not None
+    labels = fresh.images[result.image_id].labels
+    with_base = FakeEngine(verify=verify_output(CPU))  # an engine that had the pulled base (sha256:b) all along
+    (tmp_path / "again").mkdir()
+    again = build(with_base, CPU, tmp_path / "again")
+    assert again.image_id is not None
+    assert labels[contract.BUILD_HASH] == with_base.images[again.image_id].labels[contract.BUILD_HASH]
+    assert labels[contract.BASE_DIGEST] == "sha256:b"
+    assert "a base moved since the registry was asked" in (tmp_path / f"{CPU.name}.log").read_text()
