@@ -16,6 +16,7 @@ Prints both medians and the ratio. Run as root after `invoke testenv`:
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -37,7 +38,7 @@ from torchimages.pipeline import BuildOptions, build_images  # noqa: E402
 from torchimages.testing import testenv  # noqa: E402
 from torchimages.testing.engines import ScratchEngine, copy_image, scratch_engine  # noqa: E402
 
-RUNS = 2
+RUNS = int(os.environ.get("RUNS", "2"))  # runs per side; RUNS=1 for a first reading
 FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
 OUT = ROOT / "build" / "bench" / "raw"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
