@@ -11,6 +11,7 @@ from torchimages.engine import BuildError, Engine
 from torchimages.lock import read_lock
 from torchimages.model import UV, BuildResult
 from torchimages.render import context_files, context_stream, render_dockerfile
+from torchimages.testing.containers import dangling_images
 
 pytestmark = pytest.mark.integration
 WHEELHOUSE = Path(__file__).parents[2] / "build" / "wheelhouse"
@@ -29,12 +30,12 @@ def test_a_file_swapped_in_the_context_fails_the_venv_stage(
     wheels = {files[name].filename: WHEELHOUSE / files[name].filename for name in (UV, "pyyaml")}
     wheels[files[swapped].filename] = WHEELHOUSE / files["tqdm"].filename
     context = context_files(spec, dockerfile=render_dockerfile(spec), requirements=requirements, installer=lock.installer)
-    log, stages = io.StringIO(), []
+    log, stages, before = io.StringIO(), [], dangling_images()
     try:
         with pytest.raises(BuildError):
             engine.build(context_stream(context, wheels=wheels), log=log, stages=stages)
-    finally:
-        for image in stages:
+    finally:  # the steps the failed build committed (its wheels among them) go, with their untagged parents
+        for image in [*stages, *(dangling_images() - before)]:
             engine.remove_image(image, force=True)
     output = log.getvalue()
     assert "Successfully built" not in output, output[-3000:]

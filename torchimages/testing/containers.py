@@ -50,6 +50,14 @@ def prune_untagged_builds(*, older_than: str = "2h", build_hash: str | None = No
     return int(done.get("SpaceReclaimed") or 0)
 
 
+def dangling_images() -> set[str]:
+    """IDs of the engine's untagged leaf images (a failed build leaves its last committed step as one)."""
+    try:
+        return {str(i) for i in _client().api.images(filters={"dangling": True}, quiet=True)}
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot list untagged images: {exc.explanation or exc}") from None
+
+
 class Service:
     """A long-running container with ports published on loopback; stop() removes it."""
 
