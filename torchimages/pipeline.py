@@ -261,7 +261,8 @@ def _build_one(
             say = partial(console, spec.name)
             bases = [_base_identity(engine, ref, registry, console=say, log=log) for ref in (spec.base_image, spec.venv_base_image)]
             # The wheels are named, with their hashes, by the lock in requirements.txt: the small files identify them.
-            inputs = build_hash(context_tar(files), *bases, "/".join(engine.platform()))
+            small, platform = context_tar(files), "/".join(engine.platform())
+            inputs = build_hash(small, *bases, platform)
             gpus = gpus_wanted(engine, options.gpus)
             reused = None if options.rebuild else _existing(engine, inputs, gpus=gpus)
             if reused is None and (found := _published(registry, spec, inputs, gpus=gpus, log=log)):
@@ -275,7 +276,7 @@ def _build_one(
                 pulled = [_identity(base, spec.base_image), _identity(venv_base, spec.venv_base_image)]
                 if pulled != bases:  # a tag moved between the registry's answer and the pull: the hash names what is built
                     log.write(f"a base moved since the registry was asked ({bases} -> {pulled}): the build hash names the pulled one\n")
-                    inputs = build_hash(context_tar(files), *pulled, "/".join(engine.platform()))
+                    inputs = build_hash(small, *pulled, platform)
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
