@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,21 @@ FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
 
 
+def _layer_sizes(ref: str) -> dict[str, int]:
+    """Each layer of an image in the loopback registry by its diff ID (the engine's name for it): compressed size."""
+    registry, path = ref.split("/", 1)
+    name, tag = path.rsplit(":", 1)
+
+    def get(what: str, accept: str = "*/*") -> dict:
+        request = urllib.request.Request(f"http://{registry}/v2/{name}/{what}", headers={"Accept": accept})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return dict(json.loads(answer.read()))
+
+    manifest = get(f"manifests/{tag}", "application/vnd.docker.distribution.manifest.v2+json")
+    config = get(f"blobs/{manifest['config']['digest']}")
+    return dict(zip(config["rootfs"]["diff_ids"], (layer["size"] for layer in manifest["layers"]), strict=True))
+
+
 @pytest.fixture()
 def remote() -> Iterator[ScratchEngine]:
     if os.geteuid() != 0:
@@ -33,7 +49,9 @@ def remote() -> Iterator[ScratchEngine]:
         yield engine
 
 
-def test_an_engine_in_its_own_network_namespace_builds_and_verifies_an_image(engine: Engine, remote: ScratchEngine, tmp_path: Path) -> None:
+def test_an_engine_in_its_own_network_namespace_builds_and_verifies_an_image(
+    engine: Engine, built: list[BuildResult], remote: ScratchEngine, tmp_path: Path
+) -> None:
     bridge = Path("/sys/class/net/docker0")
     assert bridge.exists(), "the session engine's bridge is missing before the test"
     data = yaml.safe_load(FIXTURE.read_text())
@@ -68,6 +86,15 @@ def test_an_engine_in_its_own_network_namespace_builds_and_verifies_an_image(eng
     stored = remote.client().df()["LayersSize"]
     assert stored < image.attrs["Size"] + 50_000_000, (stored, image.attrs["Size"])
     assert bridge.exists(), "the second engine took the session engine's bridge"
+    # Built apart (another engine, no cache, another time), the venv layer is the same bytes as the session's: the
+    # largest layer of the session's CPU image that its base lacks is in this image too, by diff ID.
+    session = next(result for result in built if result.spec.name == spec.name)
+    assert session.pushed, session.error
+    sizes = _layer_sizes(session.pushed[0].ref)
+    base_layers = set(remote.client().api.inspect_image(spec.base_image)["RootFS"]["Layers"])
+    venv = max(set(sizes) - base_layers, key=sizes.__getitem__)
+    assert sizes[venv] > 300_000_000, sizes
+    assert venv in image.attrs["RootFS"]["Layers"], (venv, image.attrs["RootFS"]["Layers"])
 
 
 def test_a_fresh_engine_takes_what_the_registry_already_serves(

@@ -118,6 +118,31 @@ def test_the_runtime_and_devel_images_render_the_same_venv_stage() -> None:
     assert f"FROM {cuda['devel'].base_image}\n" in render.render_dockerfile(cuda["devel"])
 
 
+def test_the_venv_stage_gives_every_file_one_time_and_compiles_after_it(spec) -> None:
+    """The venv layer is the same bytes wherever it is built: neither installer compiles at install time (the .pyc
+    would name the moment of the build), every file gets the fixed time first, the compile follows, and the times
+    are set again after the last change (compiled modules, owners, modes, the move to /stage)."""
+    for image in (spec, replace(spec, python="3.7")):
+        stage = render.render_dockerfile(image).split("# Stage 2")[0]
+        steps = stage[stage.index("epoch=") :]
+        assert "--compile-bytecode" not in stage
+        assert ("--no-compile" in stage) == (image.installer == "pip"), image.installer
+        order = [
+            'find "$VIRTUAL_ENV" -exec touch',
+            '-c "$compile"',
+            "pip check",
+            "chown -R",
+            'mv "$VIRTUAL_ENV" /stage/opt/',
+            "find /stage/opt -exec touch",
+        ]
+        places = [steps.index(step) for step in order]
+        assert places == sorted(places), places
+        assert steps.rstrip().endswith('find /stage/opt -exec touch -h -d "@$epoch" {} +')
+        assert "SOURCE_DATE_EPOCH" not in stage  # it would make the .pyc files hash-checked at every import
+    uv_stage = render.render_dockerfile(spec).split("# Stage 2")[0]
+    assert uv_stage.index("-path '*.dist-info/uv_cache.json' -delete") < uv_stage.index('find "$VIRTUAL_ENV" -exec touch')
+
+
 def test_uv_installs_the_lock_where_it_runs_the_python_and_the_locked_pip_below(spec) -> None:
     """uv's wheel requires python 3.8: an older image keeps pip, and only uv's images lock uv (never shipped)."""
     old = replace(spec, python="3.7")
@@ -125,7 +150,7 @@ def test_uv_installs_the_lock_where_it_runs_the_python_and_the_locked_pip_below(
     assert spec.requirements[-2:] == ("pip", "uv==0.13.9") and old.requirements[-1] == "pip" and "uv==0.13.9" not in old.requirements
     new, legacy = render.render_dockerfile(spec), render.render_dockerfile(old)
     assert "COPY requirements.txt uv.sha256 /opt/torch-images/" in new and "sha256sum --check --strict /opt/torch-images/uv.sha256" in new
-    assert "--require-hashes --no-deps --compile-bytecode" in new and "pip.txt" not in new
+    assert "--require-hashes --no-deps --link-mode copy" in new and "pip.txt" not in new
     assert "COPY requirements.txt pip.txt /opt/torch-images/" in legacy and "uv.sha256" not in legacy
     assert '"$uv" pip install' in new and '"$uv"' not in legacy and "-r /opt/torch-images/pip.txt" in legacy
     for image, name in ((spec, "uv.sha256"), (old, "pip.txt")):
