@@ -2,11 +2,13 @@
 
 Both sides run in a container from the image's venv base (the build's own first stage, with no network),
 the wheelhouse mounted read-only, the same hash-pinned requirements, no dependency resolution (`--no-deps`,
-as the build does) and byte-compiled modules (pip does that by default; uv only with `--compile-bytecode`,
-and an image whose modules are not compiled pays for it at every start, in every container):
+as the build does), and then the build's own last steps, the same for both: every file gets the stage's fixed
+time and `compileall` byte-compiles the modules (an image whose modules are not compiled pays for it at every
+start, in every container):
 
-- pip (the locked pip the build installs): `pip install --no-index --find-links --only-binary=:all: --require-hashes --no-deps`
-- uv: `uv pip install --no-index --find-links --require-hashes --no-deps --compile-bytecode --link-mode copy`, no cache
+- pip (the locked pip the build installs): `pip install --no-index --find-links --only-binary=:all: --require-hashes
+  --no-deps --no-compile`
+- uv: `uv pip install --no-index --find-links --require-hashes --no-deps --link-mode copy`, no cache
 
 uv is the lock's own (the build's installer, from PyPI through the index replica on 127.0.0.1:5003 that
 `invoke testenv` starts). The sides alternate, RUNS times each. Prints both medians and the ratio. Run as root after `invoke testenv`:
@@ -15,6 +17,7 @@ uv is the lock's own (the build's installer, from PyPI through the index replica
 
 from __future__ import annotations
 
+import shlex
 import statistics
 import sys
 import tempfile
@@ -32,6 +35,7 @@ from torchimages.pipeline import BuildOptions, build_images  # noqa: E402
 from torchimages.testing import testenv  # noqa: E402
 
 RUNS = 3
+COMPILE = "import compileall, sys; compileall.compile_dir(sys.argv[1], quiet=2, workers=0)"  # as the build does
 FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
 OUT = ROOT / "build" / "bench" / "installer"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
@@ -64,11 +68,12 @@ def main() -> int:
         (folder / "pip.txt").write_text("".join(f.pinned for f in lock.files if f.name == PIP))
         python = f"python{spec.python}"
         venv = f"{python} -m venv /v && /v/bin/pip install -q --no-index --find-links /wheels --require-hashes --no-deps -r /in/pip.txt"
+        compile_ = "find /v -exec touch -h -d @946684800 {} + && /v/bin/python -c " + shlex.quote(COMPILE) + " /v/lib"
         scripts = {
             "pip": f"{venv} && /v/bin/pip install -q --no-index --find-links /wheels --only-binary=:all: --require-hashes --no-deps "
-            "-r /in/requirements.txt",
-            "uv": f"{python} -m venv /v && UV_NO_CACHE=1 /in/uv pip install -q --python /v/bin/python --no-index --find-links /wheels "
-            "--require-hashes --no-deps --compile-bytecode --link-mode copy -r /in/requirements.txt",
+            f"--no-compile -r /in/requirements.txt && {compile_}",
+            "uv": f"{python} -m venv --without-pip /v && UV_NO_CACHE=1 /in/uv pip install -q --python /v/bin/python --no-index "
+            f"--find-links /wheels --require-hashes --no-deps --link-mode copy -r /in/requirements.txt && {compile_}",
         }
         mounts = {str(WHEELHOUSE): "/wheels", str(folder): "/in"}
         times: dict[str, list[float]] = {side: [] for side in scripts}
