@@ -6,7 +6,7 @@ every stream here is read to the end and an "error" entry becomes an exception.
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import re
 import shutil
@@ -21,6 +21,8 @@ import docker
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
+
+from .buildkit import Trace, TraceError, decode_status
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
@@ -50,11 +52,16 @@ class BuildError(EngineError):
         self.tail = tail
         if failed := _RUN_FAILED.fullmatch(message.strip()):
             reason = build_reason(tail)
-            message = f"the command exited {failed.group(1)}" + (f": {reason}" if reason else "")
+            message = f"the command exited {next(code for code in failed.groups() if code)}" + (f": {reason}" if reason else "")
         super().__init__(f"{message} (at {step})" if step else message)
 
 
-_RUN_FAILED = re.compile(r"The command .* returned a non-zero code: (\d+)", re.DOTALL)
+# The classic builder's words, BuildKit v0.8's (dockerd 20.10), and later BuildKit's.
+_RUN_FAILED = re.compile(
+    r"The command .* returned a non-zero code: (\d+)|executor failed running \[.*\]: exit code: (\d+)"
+    r"|process .* did not complete successfully: exit code: (\d+)",
+    re.DOTALL,
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # apt's `E:`, pip's `ERROR:` and Python's `[Errno N]`, uv's `error:` with the causes it lists under it, `(os error N)`.
 _REASON = re.compile(r"^(?:ERROR: |E: |error: |fatal: |Caused by: |cause: )|\[Errno \d+\]|\(os error \d+\)")
@@ -233,28 +240,53 @@ class Engine:
         log: TextIO,
         on_step: Callable[[str], None] | None = None,
         labels: dict[str, str] | None = None,
-        timeout: int = 3600,
-        stages: list[str] | None = None,
+        classic: bool = False,
+        keep: str | None = None,
+        drop_cache: bool = True,
     ) -> str:
         """Build from a context tar (bytes, or chunks streamed as they come); return the image ID.
 
-        Output goes to log; each step to on_step. The build uses the engine's default network (apt may need it);
-        nothing it installs comes from this machine's network: wheels travel in the context. The images that end
-        earlier stages of a multi-stage build are added to stages (the caller removes them when done).
+        BuildKit builds it (`version=2`): the stages run side by side, a RUN step can mount the context's files
+        (`RUN --mount=type=bind`) instead of copying them into a layer, and `COPY --from` copies a stage's files
+        as they are. BuildKit keeps every step's result in its build cache, the context twice over, also once the
+        image is gone; with drop_cache, what this build added goes when it ends, except the steps whose command
+        holds keep and the steps under them (a stage the next build reuses: prune_build_cache removes it).
+        classic: Docker's classic builder, for a build of one step (the seal). Output goes to log, in the shape of
+        `--progress=plain`; each step to on_step. Wheels travel in the context: nothing is fetched from this
+        machine's network.
         """
+        self._check(None, "the build")
+        before = self.build_cache_ids() if drop_cache and not classic else None
+        params: dict[str, str] = {"labels": json.dumps(labels or {})}
+        if classic:
+            params.update(rm="1", forcerm="1")
+        else:
+            params.update(version="2", networkmode=self._build_network())
+        try:
+            return self._read_build(context, params, log=log, on_step=on_step, classic=classic)
+        finally:
+            if before is not None:
+                with suppress(EngineError):
+                    self.drop_build_cache(before, keep=keep)
+
+    def _read_build(
+        self, context: bytes | Iterable[bytes], params: dict[str, str], *, log: TextIO, on_step: Callable[[str], None] | None, classic: bool
+    ) -> str:
         step: str | None = None
         image_id: str | None = None
         tail: list[str] = []
-        finished = False
-        self._check(None, "the build")
+        trace = Trace(log, (lambda text: on_step(_short(text))) if on_step else None)
+
+        def where() -> tuple[str | None, str]:
+            return (step, "\n".join(tail)) if classic else (trace.error_step(), trace.error_output())
+
         try:
-            body = io.BytesIO(context) if isinstance(context, bytes) else self._until_cancelled(context)
-            stream = self._api.build(
-                fileobj=body, custom_context=True, rm=True, forcerm=True, decode=True,
-                labels=labels or None, timeout=timeout,
-            )  # fmt: skip
+            body = context if isinstance(context, bytes) else self._until_cancelled(context)
+            stream = self._post_build(params, body)
             for chunk in stream:
-                if "stream" in chunk:
+                if chunk.get("id") == "moby.buildkit.trace" and isinstance(chunk.get("aux"), str):
+                    trace.feed(decode_status(chunk["aux"]))
+                elif "stream" in chunk:
                     text = str(chunk["stream"])
                     log.write(text)
                     for line in text.splitlines():
@@ -264,28 +296,85 @@ class Engine:
                                 on_step(step)
                         if line.strip():
                             tail = (tail + [line.rstrip()])[-20:]
-                if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-                    if image_id is not None and stages is not None:  # the stage before this one ended with it
-                        stages.append(image_id)
+                if isinstance(chunk.get("aux"), dict) and "ID" in chunk["aux"]:
                     image_id = str(chunk["aux"]["ID"])
                 self._check(stream, "the build", image_id=image_id)
                 if "error" in chunk or "errorDetail" in chunk:
                     detail = chunk.get("errorDetail") or {}
                     message = str(chunk.get("error") or detail.get("message") or "unknown build error").strip()
                     log.write(f"\nERROR: {message}\n")
-                    raise BuildError(message, step=step, tail="\n".join(tail))
-            finished = True
+                    failed_step, output = where()
+                    raise BuildError(message, step=failed_step and _short(failed_step), tail=output)
         except docker.errors.APIError as exc:
-            raise BuildError(str(exc.explanation or exc), step=step, tail="\n".join(tail)) from None
+            failed_step, output = where()
+            raise BuildError(str(exc.explanation or exc), step=failed_step and _short(failed_step), tail=output) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise BuildError(f"lost the Docker engine during the build: {exc}", step=step) from None
+            failed_step, _ = where()
+            raise BuildError(f"lost the Docker engine during the build: {exc}", step=failed_step and _short(failed_step)) from None
+        except TraceError as exc:
+            raise BuildError(f"the engine's build progress could not be read: {exc}", step=where()[0]) from None
         finally:
             log.flush()
-            if not finished and image_id is not None and stages is not None:  # an earlier stage's image, left behind
-                stages.append(image_id)
         if image_id is None:
-            raise BuildError("the build finished without reporting an image ID", step=step, tail="\n".join(tail))
+            failed_step, output = where()
+            raise BuildError("the build finished without reporting an image ID", step=failed_step and _short(failed_step), tail=output)
         return image_id
+
+    def _post_build(self, params: dict[str, str], body: bytes | Iterable[bytes]) -> Iterator[dict[str, Any]]:
+        """POST /build with the context as the body: docker-py's build() has no BuildKit (`version=2`) parameter."""
+        api = self._api
+        headers = {"Content-Type": "application/x-tar"}
+        response = api._post(api._url("/build"), params=params, data=body, headers=headers, stream=True, timeout=None)
+        api._raise_for_status(response)
+        return api._stream_helper(response, decode=True)  # type: ignore[no-any-return]
+
+    def _build_network(self) -> str:
+        """The engine's default network when it has one; else the host's (BuildKit's default needs the `bridge`
+        network, which an engine started with `--bridge=none` lacks). apt may need it; wheels do not."""
+        with _engine_errors("cannot list the engine's networks"):
+            bridge = any(network.get("Name") == "bridge" for network in self._api.networks(names=["bridge"]))
+        return "default" if bridge else "host"
+
+    # -- build cache ----------------------------------------------------------------------
+
+    def _build_cache(self) -> list[dict[str, Any]]:
+        with _engine_errors("cannot read the engine's build cache"):
+            return list(self._api.df().get("BuildCache") or [])
+
+    def _prune(self, ids: Iterable[str]) -> None:
+        """Remove build cache records by ID, one request each (dockerd takes one value per prune filter)."""
+        for record in ids:
+            with _engine_errors("cannot prune the build cache"):
+                self._api.prune_builds(filters={"id": [record]}, all=True)
+
+    def build_cache_ids(self) -> set[str]:
+        return {str(record["ID"]) for record in self._build_cache()}
+
+    def drop_build_cache(self, before: set[str], *, keep: str | None = None) -> None:
+        """Remove the build cache records made since `before`, except those of steps whose command holds keep and
+        the records under them. Records in use (a build that still runs) stay. After an interrupt, a cancelled
+        build's records are in use until dockerd has unwound it: up to ten seconds are given for that."""
+        deadline = time.monotonic() + (10 if self.cancelled.is_set() else 0)
+        while True:
+            records = {str(record["ID"]): record for record in self._build_cache()}
+            kept: set[str] = set()
+            for record in records.values():
+                if keep and keep in str(record.get("Description") or ""):
+                    kept |= _lineage(records, str(record["ID"]))
+            new = {id: record for id, record in records.items() if id not in before and id not in kept}
+            self._prune(_leaves_first(new, [id for id, record in new.items() if not record.get("InUse")]))
+            if not any(record.get("InUse") for record in new.values()) or time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+
+    def prune_build_cache(self, marker: str) -> None:
+        """Remove the build cache records of the steps whose command holds marker, and the records under them that
+        no image shares (the stage's earlier steps): a stage no later build needs."""
+        records = {str(record["ID"]): record for record in self._build_cache()}
+        marked = [id for id, record in records.items() if marker in str(record.get("Description") or "")]
+        lineage = set().union(*(_lineage(records, id) for id in marked)) if marked else set()
+        drop = [id for id in lineage if id in marked or not (records[id].get("Shared") or records[id].get("InUse"))]
+        self._prune(_leaves_first(records, drop))
 
     # -- containers -----------------------------------------------------------------------
 
@@ -417,6 +506,25 @@ class Engine:
         if info is None:
             raise PullError(f"pull of {ref} reported success but the image is not there")
         return info.id
+
+
+def _lineage(records: dict[str, dict[str, Any]], id: str) -> set[str]:
+    """A build cache record and those under it (its parent, the parent's parent, ...)."""
+    found: set[str] = set()
+    while id in records and id not in found:
+        found.add(id)
+        id = str(records[id].get("Parent") or "")
+    return found
+
+
+def _leaves_first(records: dict[str, dict[str, Any]], ids: Iterable[str]) -> list[str]:
+    """ids ordered so that a record comes before its parent: BuildKit keeps a record while a child holds it."""
+
+    def depth(id: str) -> int:  # how many of the records sit on top of it
+        children = [child for child, record in records.items() if record.get("Parent") == id]
+        return 1 + max((depth(child) for child in children), default=0)
+
+    return sorted(ids, key=depth)
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:

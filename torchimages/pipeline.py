@@ -100,8 +100,8 @@ def build_images(
             # Images that share a venv stage build one after another, so the second finds the first's stage in the
             # engine's cache and both get the very same venv layer; groups build side by side.
             futures = [
-                pool.submit(_build_group, engine, group, wheel_sets, options, console, logs, source, stop, registry)
-                for group in venv_groups(specs, wheel_sets).values()
+                pool.submit(_build_group, engine, group, wheel_sets, options, console, logs, source, stop, registry, venv_id(key))
+                for key, group in venv_groups(specs, wheel_sets).items()
             ]
             for future in futures:
                 results.update((result.spec.name, result) for result in future.result())
@@ -199,6 +199,16 @@ def venv_groups(specs: Sequence[ImageSpec], wheel_sets: dict[str, WheelSet | Whe
     return groups
 
 
+# How the install step of a venv stage names it in its command (the Dockerfile's `: venv-stage <id>;`), so that
+# the engine's build cache records of the stage can be told apart: they stay for the group's next image.
+STAGE_MARK = "venv-stage "
+
+
+def venv_id(key: tuple[str, ...]) -> str:
+    """A venv group's name in the Dockerfile and the engine's build cache."""
+    return hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
+
+
 def _build_group(
     engine: Engine,
     group: list[ImageSpec],
@@ -209,15 +219,15 @@ def _build_group(
     source: dict[str, str] | None,
     stop: threading.Event,
     registry: RegistryClient | None = None,
+    stage: str = "unlocked",
 ) -> list[BuildResult]:
-    """Build the images of one venv group in order; then drop the venv stage (the wheels and a venv no image needs)."""
-    stages: list[str] = []
+    """Build the images of one venv group in order (the second finds the venv stage in the engine's build cache);
+    then drop that stage's cache (the venv no image needs any more)."""
     try:
-        return [_build_one(engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, stages, registry) for spec in group]
+        return [_build_one(engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, stage) for spec in group]
     finally:
-        for stage in dict.fromkeys(stages):
-            with suppress(EngineError):
-                engine.remove_image(stage, force=True)
+        with suppress(EngineError):
+            engine.prune_build_cache(f"{STAGE_MARK}{stage};")
 
 
 def _build_one(
@@ -229,8 +239,8 @@ def _build_one(
     logs: Path,
     source: dict[str, str] | None = None,
     stop: threading.Event | None = None,
-    stages: list[str] | None = None,
     registry: RegistryClient | None = None,
+    stage: str = "unlocked",
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
@@ -256,7 +266,7 @@ def _build_one(
         return failed(str(wheel_set))
     with open(log_path, "w") as log:
         try:
-            dockerfile = render_dockerfile(spec)
+            dockerfile = render_dockerfile(spec, venv_id=stage)
             files = context_files(spec, dockerfile=dockerfile, requirements=wheel_set.lock, installer=wheel_set.installer)
             say = partial(console, spec.name)
             bases = [_base_identity(engine, ref, registry, console=say, log=log) for ref in (spec.base_image, spec.venv_base_image)]
@@ -281,7 +291,7 @@ def _build_one(
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
                 context = context_stream(files, wheels={name: options.wheelhouse / name for name in wheel_set.files})
-                built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step), stages=stages)
+                built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step), keep=STAGE_MARK)
                 unsealed.append(built)
                 console(spec.name, "verifying (torch-verify inside the image)")
                 report = run_verify(engine, built, gpus=gpus)
@@ -405,4 +415,4 @@ def _finalize(engine: Engine, built: str, report: VerifyReport, log: TextIO, *, 
     labels = contract.verified_labels(report, build_hash=build_hash, gpus=gpus, created=created)
     # One LABEL step: the image's newest history entry is then the seal itself, which an image built on top lacks.
     pairs = " ".join(f"{key}={dockerfile_quote(value)}" for key, value in sorted(labels.items()))
-    return engine.build(context_tar({"Dockerfile": f"FROM {built}\nLABEL {pairs}\n".encode()}), log=log)
+    return engine.build(context_tar({"Dockerfile": f"FROM {built}\nLABEL {pairs}\n".encode()}), log=log, classic=True)

@@ -50,13 +50,14 @@ def _environment() -> jinja2.Environment:
 _RAW_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
 
-def render_dockerfile(spec: ImageSpec) -> str:
+def render_dockerfile(spec: ImageSpec, *, venv_id: str = "unlocked") -> str:
     """The Dockerfile for one image; the same spec always gives the same bytes.
 
     Nothing of where the spec was read (the config's name or folder) goes in: the bytes are part of the build hash,
-    and the same entry in another file, or in a clone elsewhere, is the same image."""
+    and the same entry in another file, or in a clone elsewhere, is the same image. venv_id names the venv stage
+    (pipeline.venv_id: its base, python and locked files); a Dockerfile rendered without a lock says "unlocked"."""
     # Values that go into the Dockerfile unquoted (FROM, the apt package list) must be plain words.
-    for value in (spec.base_image, spec.venv_base_image, spec.python, *spec.apt_packages):
+    for value in (spec.base_image, spec.venv_base_image, spec.python, *spec.apt_packages, venv_id):
         if not _RAW_SAFE.fullmatch(value):
             raise RenderError(f"{spec.name}: refusing to put {value!r} into a Dockerfile unquoted")
     try:
@@ -67,6 +68,7 @@ def render_dockerfile(spec: ImageSpec) -> str:
             apt_packages=sorted(spec.apt_packages),
             labels=sorted(expected_labels(spec).items()),
             user=USER,
+            venv_id=venv_id,
         )
     except jinja2.TemplateError as exc:
         raise RenderError(f"{spec.name}: template error: {exc}") from exc

@@ -1,15 +1,25 @@
-"""engine.py turns errors inside Docker's JSON streams into exceptions (docker-py does not)."""
+"""engine.py turns errors inside Docker's JSON streams into exceptions (docker-py does not).
+
+The BuildKit streams are dockerd's own, recorded by tests/fixtures/buildkit/record.py (dockerd 20.10.24)."""
 
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from torchimages.engine import BuildError, Cancelled, Engine, PushError, split_ref
+
+RECORDED = Path(__file__).parents[1] / "fixtures" / "buildkit"
+
+
+def recorded(name: str) -> list[dict]:
+    return [json.loads(line) for line in (RECORDED / name).read_text().splitlines()]
 
 
 class FakeApi:
@@ -17,6 +27,18 @@ class FakeApi:
 
     def __init__(self, build: list[dict] | None = None, push: list[dict] | None = None) -> None:
         self._build, self._push = build or [], push or []
+        self.params: list[dict] = []
+        self.pruned: list[dict] = []
+        self.cache: list[dict] = []
+
+    def df(self) -> dict:
+        return {"BuildCache": self.cache}
+
+    def networks(self, names: list[str]) -> list[dict]:
+        return [{"Name": "bridge"}]
+
+    def prune_builds(self, filters: dict, all: bool) -> None:
+        self.pruned.append(filters)
 
     def build(self, **_: Any) -> Iterator[dict]:
         yield from self._build
@@ -29,76 +51,140 @@ def engine_with(api: FakeApi) -> Engine:
     engine = Engine.__new__(Engine)
     engine._api = api  # type: ignore[assignment]
     engine.cancelled = threading.Event()
+
+    def post(params: dict, body: object) -> Iterator[dict]:
+        api.params.append(params)
+        return api.build(params=params, fileobj=body)
+
+    engine._post_build = post  # type: ignore[method-assign]
     return engine
 
 
-def test_build_error_names_the_step_and_the_message() -> None:
-    stream = [
-        {"stream": "Step 1/3 : FROM debian\n"},
-        {"stream": "Step 2/3 : RUN apt-get install nope\n"},
-        {"stream": "E: Unable to locate package nope\n"},
-        {"errorDetail": {"code": 100, "message": "The command '/bin/sh -c apt-get install nope' returned a non-zero code: 100"},
-         "error": "The command '/bin/sh -c apt-get install nope' returned a non-zero code: 100"},
-    ]  # fmt: skip
+def test_a_failed_run_step_is_named_with_its_exit_code_and_its_tools_words() -> None:
     log = io.StringIO()
     with pytest.raises(BuildError) as caught:
-        engine_with(FakeApi(build=stream)).build(b"", log=log)
-    assert caught.value.step == "step 2/3: RUN apt-get install nope"
-    assert str(caught.value) == "the command exited 100: Unable to locate package nope (at step 2/3: RUN apt-get install nope)"
-    assert "Unable to locate package nope" in caught.value.tail
-    assert "Unable to locate package" in log.getvalue()
-
-
-def test_a_full_disk_inside_a_build_is_named_with_pips_words() -> None:
-    """The classic builder sends a RUN step's stderr in red (ANSI escapes); pip's reason is its last ERROR line."""
-    stream = [
-        {"stream": "Step 9/23 : RUN set -eux; pip install -r requirements.txt\n"},
-        {"stream": "\x1b[91m+ pip install -r requirements.txt\n\x1b[0m"},
-        {"stream": "Processing /wheels/torch-2.13.0-cp311-cp311-linux_x86_64.whl\n"},
-        {"stream": "\x1b[91mERROR: Could not install packages due to an OSError: [Errno 28] No space left on device\n\x1b[0m"},
-        {"stream": "\x1b[91m\n\x1b[0m"},
-        {"error": "The command '/bin/sh -c set -eux; pip install -r requirements.txt' returned a non-zero code: 1"},
-    ]
-    with pytest.raises(BuildError) as caught:
-        engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO())
-    message = str(caught.value)
-    assert message.startswith("the command exited 1: Could not install packages due to an OSError: [Errno 28] No space left on device")
-    assert "/bin/sh -c" not in message
+        engine_with(FakeApi(build=recorded("apt_fails.jsonl"))).build(b"", log=log)
+    step = "step 3/3: RUN set -eux; echo 'E: Unable to locate package nope' >&2; exit 100"
+    assert caught.value.step == step
+    assert str(caught.value) == f"the command exited 100: Unable to locate package nope (at {step})"
+    assert "E: Unable to locate package nope" in caught.value.tail and "before" not in caught.value.tail  # its own output only
+    # The log reads as `--progress=plain` does: each step, its output, how it ended.
+    text = log.getvalue()
+    assert "#5 [2/3] RUN echo before\n#5 before\n#5 DONE" in text, text
+    assert "#6 E: Unable to locate package nope\n" in text and "#6 ERROR: executor failed running" in text, text
 
 
 def test_uvs_error_is_named_with_the_cause_it_gives_under_it() -> None:
-    """As uv 0.13.9 said it in a build whose context carried other bytes under a locked wheel's name."""
-    stream = [
-        {"stream": "Step 7/26 : RUN set -eux; uv pip install --require-hashes -r requirements.txt\n"},
-        {"stream": "\x1b[91mUsing Python 3.11.2 environment at: /opt/venv\n\x1b[0m\x1b[91mResolved 1 package in 1ms\n\x1b[0m"},
-        {"stream": "\x1b[91merror\x1b[0m\x1b[91m: Failed to download `pyyaml==6.0.4`\n  cause: Hash mismatch for `pyyaml==6.0.4`\n\n"},
-        {"stream": "         Expected:\n           sha256:622aa875\n\n         Computed:\n           sha256:c293e525\n\x1b[0m"},
-        {"error": "The command '/bin/sh -c set -eux; uv pip install --require-hashes -r requirements.txt' returned a non-zero code: 1"},
-    ]
+    """uv's words as it says them (0.13.9, a wheel whose bytes the lock does not name), printed by a failing step."""
     with pytest.raises(BuildError) as caught:
-        engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO())
-    assert str(caught.value).startswith(
-        "the command exited 1: error: Failed to download `pyyaml==6.0.4` cause: Hash mismatch for `pyyaml==6.0.4` (at step 7/26"
-    ), str(caught.value)
+        engine_with(FakeApi(build=recorded("uv_fails.jsonl"))).build(b"", log=io.StringIO())
+    message = str(caught.value)
+    reason = "error: Failed to download `pyyaml==6.0.4` Caused by: Hash mismatch for `pyyaml==6.0.4`"
+    assert message.startswith(f"the command exited 1: {reason} (at step venv 2/2: RUN"), message
+    assert "/bin/sh -c" not in message
+
+
+@pytest.mark.parametrize(
+    ("said", "code"),
+    [
+        ("The command '/bin/sh -c set -eux; pip install -r requirements.txt' returned a non-zero code: 1", "1"),  # classic
+        ("executor failed running [/bin/sh -c set -eux; pip install x]: exit code: 28", "28"),  # BuildKit v0.8
+        ('process "/bin/sh -c set -eux; pip install x" did not complete successfully: exit code: 2', "2"),  # later BuildKit
+    ],
+)
+def test_each_builders_words_for_a_failed_command_give_its_exit_code(said: str, code: str) -> None:
+    output = "Processing /tmp/wheels/torch.whl\nERROR: Could not install packages due to an OSError: [Errno 28] No space left on device\n"
+    error = BuildError(said, step="step venv 4/4: RUN x", tail=output)
+    reason = "Could not install packages due to an OSError: [Errno 28] No space left on device"
+    assert str(error) == f"the command exited {code}: {reason} (at step venv 4/4: RUN x)"
 
 
 def test_a_build_error_that_is_not_a_failed_command_is_kept_as_docker_says_it() -> None:
-    stream = [{"stream": "Step 1/2 : FROM x\n"}, {"error": "pull access denied for x, repository does not exist"}]
     with pytest.raises(BuildError) as caught:
-        engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO())
-    assert str(caught.value) == "pull access denied for x, repository does not exist (at step 1/2: FROM x)"
+        engine_with(FakeApi(build=recorded("no_base.jsonl"))).build(b"", log=io.StringIO())
+    assert str(caught.value) == (
+        "failed to solve with frontend dockerfile.v0: failed to create LLB definition: "
+        "127.0.0.1:5000/torch-images-test/no-such-base:1: not found (at [internal] load metadata for "
+        "127.0.0.1:5000/torch-images-test/no-such-base:1)"
+    )
 
 
-def test_build_reports_the_image_id_and_each_step() -> None:
-    stream = [{"stream": "Step 1/1 : FROM debian\n"}, {"aux": {"ID": "sha256:abc"}}, {"stream": "Successfully built abc\n"}]
+def test_a_buildkit_build_reports_the_image_id_and_each_step_that_runs() -> None:
     steps: list[str] = []
-    image_id = engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO(), on_step=steps.append)
-    assert image_id == "sha256:abc" and steps == ["step 1/1: FROM debian"]
+    api = FakeApi(build=recorded("two_stages.jsonl"))
+    log = io.StringIO()
+    image_id = engine_with(api).build(b"", log=log, on_step=steps.append, labels={"a": "b"})
+    assert image_id == next(c["aux"]["ID"] for c in recorded("two_stages.jsonl") if c.get("id") == "moby.image.id")
+    assert [step.split(":")[0] for step in steps] == ["step venv 2/2", "step stage-1 2/3", "step stage-1 3/3"]
+    assert all(len(step) <= 100 for step in steps)
+    assert api.params == [{"version": "2", "networkmode": "default", "labels": '{"a": "b"}'}]
+    assert "+ cat /tmp/wheels/a.txt" in log.getvalue() and "hello" in log.getvalue()
+
+
+def test_an_engine_without_a_bridge_builds_on_the_hosts_network() -> None:
+    class NoBridge(FakeApi):
+        def networks(self, names: list[str]) -> list[dict]:
+            return []
+
+    api = NoBridge(build=recorded("two_stages.jsonl"))
+    engine_with(api).build(b"", log=io.StringIO())
+    assert api.params[0]["networkmode"] == "host"
+
+
+def test_the_classic_builder_reports_the_image_id_and_each_step() -> None:
+    stream = [{"stream": "Step 1/2 : FROM sha256:abc\n"}, {"stream": "Step 2/2 : LABEL a=b\n"}, {"aux": {"ID": "sha256:def"}}]
+    steps: list[str] = []
+    api = FakeApi(build=stream)
+    assert engine_with(api).build(b"", log=io.StringIO(), on_step=steps.append, classic=True) == "sha256:def"
+    assert steps == ["step 1/2: FROM sha256:abc", "step 2/2: LABEL a=b"]
+    assert "version" not in api.params[0]
 
 
 def test_a_build_that_reports_no_image_fails() -> None:
+    stream = [c for c in recorded("two_stages.jsonl") if c.get("id") != "moby.image.id"]
     with pytest.raises(BuildError, match="without reporting an image ID"):
-        engine_with(FakeApi(build=[{"stream": "Step 1/1 : FROM x\n"}])).build(b"", log=io.StringIO())
+        engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO())
+
+
+def test_a_trace_that_is_not_protobuf_is_a_build_error() -> None:
+    with pytest.raises(BuildError, match="build progress could not be read"):
+        engine_with(FakeApi(build=[{"id": "moby.buildkit.trace", "aux": "CgP/"}])).build(b"", log=io.StringIO())
+
+
+def test_a_build_drops_what_it_added_to_the_build_cache_but_the_stage_it_was_told_to_keep() -> None:
+    """Records as dockerd 20.10 lists them (`GET /system/df`): what the build added goes, children before their
+    parents (BuildKit keeps a record a child holds); the venv stage's install step and the steps under it stay,
+    as do records older than the build and records in use (another build's)."""
+
+    def record(id: str, description: str, parent: str = "", **flags: bool) -> dict:
+        return {"ID": id, "Parent": parent, "Description": description, "InUse": False, "Shared": False, **flags}
+
+    class Caching(FakeApi):
+        def build(self, **kwargs: Any) -> Iterator[dict]:
+            self.cache += [
+                record("upload", "http url http://build-context-fiykbei6qynmg3ocf7y67q2yv"),
+                record("copy", "fileop target"),
+                record("python", "mount / from exec /bin/sh -c set -eux; missing=python3.11", parent="base"),
+                record("req", "fileop target", parent="python"),
+                record("stage", "mount / from exec /bin/sh -c set -eux; : venv-stage 398d619d367d40d9; uv pip install", parent="req"),
+                record("venv", "fileop target", parent="final-apt", Shared=True),
+                record("final-apt", "mount / from exec /bin/sh -c set -eux; missing=ca-certificates", parent="base", Shared=True),
+                record("busy", "http url http://build-context-other", InUse=True),
+            ]
+            yield from recorded("two_stages.jsonl")
+
+    api = Caching()
+    api.cache = [record("base", "from local ", Shared=True), record("older", "http url http://build-context-p5a0o2qmuevxyaf103v1o4nbv")]
+    engine_with(api).build(b"", log=io.StringIO(), keep="venv-stage ")
+    pruned = [f["id"][0] for f in api.pruned]
+    assert sorted(pruned) == ["copy", "final-apt", "upload", "venv"]
+    assert pruned.index("venv") < pruned.index("final-apt")  # the child first
+    api.pruned.clear()
+    engine_with(api).prune_build_cache("venv-stage 398d619d367d40d9;")
+    assert [f["id"][0] for f in api.pruned] == ["stage", "req", "python"]  # from the top down; not the shared base
+    api.pruned.clear()
+    engine_with(api).build(b"", log=io.StringIO(), drop_cache=False)
+    assert api.pruned == []
 
 
 def test_push_error_in_stream_raises_and_classifies_transient() -> None:
@@ -199,45 +285,31 @@ def test_a_cancelled_engine_closes_the_stream_it_reads_and_says_so() -> None:
 
 def test_a_build_that_finished_as_the_interrupt_came_names_its_image() -> None:
     engine = engine_with(FakeApi())
-    stream = [{"stream": "Step 1/1 : FROM debian\n"}, {"aux": {"ID": "sha256:abc"}}]
+    stream = recorded("two_stages.jsonl")
+    done = next(i for i, chunk in enumerate(stream) if chunk.get("id") == "moby.image.id")
 
     def build(**_: object) -> Iterator[dict]:
-        yield stream[0]
+        yield from stream[:done]
         engine.cancel()
-        yield stream[1]
+        yield from stream[done:]
 
     engine._api.build = build  # type: ignore[attr-defined]
     with pytest.raises(Cancelled) as caught:
         engine.build(b"", log=io.StringIO())
-    assert caught.value.image_id == "sha256:abc"  # so that the pipeline removes it
+    assert caught.value.image_id == stream[done]["aux"]["ID"]  # so that the pipeline removes it
 
 
 def test_an_engine_that_dies_mid_build_is_a_build_error_not_a_crash() -> None:
     import urllib3.exceptions
 
     def dying(**_: object) -> Iterator[dict]:
-        yield {"stream": "Step 4/23 : RUN apt-get install sl\n"}
+        yield from recorded("apt_fails.jsonl")[:8]
         raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(0 bytes read)")
 
     api = FakeApi()
     api.build = dying  # type: ignore[method-assign]
     with pytest.raises(BuildError, match="lost the Docker engine during the build"):
         engine_with(api).build(b"", log=io.StringIO())
-
-
-def test_a_multi_stage_build_names_its_earlier_stages_also_when_it_fails() -> None:
-    done = [
-        {"stream": "Step 1/4 : FROM base AS venv\n"}, {"aux": {"ID": "sha256:stage"}},
-        {"stream": "Step 3/4 : FROM image\n"}, {"aux": {"ID": "sha256:final"}},
-    ]  # fmt: skip
-    stages: list[str] = []
-    assert engine_with(FakeApi(build=done)).build(b"", log=io.StringIO(), stages=stages) == "sha256:final"
-    assert stages == ["sha256:stage"]
-    failed = [*done[:3], {"error": "The command '/bin/sh -c false' returned a non-zero code: 1"}]
-    stages = []
-    with pytest.raises(BuildError):
-        engine_with(FakeApi(build=failed)).build(b"", log=io.StringIO(), stages=stages)
-    assert stages == ["sha256:stage"]  # left behind by the failed build: the caller removes it
 
 
 class ReadingApi(FakeApi):

@@ -118,6 +118,21 @@ def test_the_runtime_and_devel_images_render_the_same_venv_stage() -> None:
     assert f"FROM {cuda['devel'].base_image}\n" in render.render_dockerfile(cuda["devel"])
 
 
+def test_the_install_step_mounts_the_wheels_and_names_its_stage(spec) -> None:
+    """No layer holds the wheels: the install step mounts them from the context (BuildKit); the stage's id is in its
+    command, where the build finds the stage's cache records to remove them."""
+    for image in (spec, replace(spec, python="3.7")):
+        text = render.render_dockerfile(image, venv_id="0123456789abcdef")
+        stage, final = text.split("# Stage 2")
+        assert "COPY wheels" not in text and "/tmp/wheels" not in final
+        (install,) = [line for line in stage.splitlines() if line.startswith("RUN --mount")]
+        assert install == "RUN --mount=type=bind,source=wheels,target=/tmp/wheels set -eux; \\"
+        assert stage.index(install) < stage.index("--find-links /tmp/wheels") and ": venv-stage 0123456789abcdef; \\" in stage
+    assert ": venv-stage unlocked; \\" in render.render_dockerfile(spec)  # `invoke render`, without a lock
+    with pytest.raises(render.RenderError):
+        render.render_dockerfile(spec, venv_id="x; rm -rf /")
+
+
 def test_the_venv_stage_gives_every_file_one_time_and_compiles_after_it(spec) -> None:
     """The venv layer is the same bytes wherever it is built: neither installer compiles at install time (the .pyc
     would name the moment of the build), every file gets the fixed time first, the compile follows, and the times

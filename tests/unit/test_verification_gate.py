@@ -54,6 +54,9 @@ class FakeEngine:
     builds: int = 0
     verified_with_gpus: list[bool] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)  # build cache markers
+    dockerfiles: list[str] = field(default_factory=list)
+    kept: list[str | None] = field(default_factory=list)  # what each build was told to keep in the build cache
     cancelled: threading.Event = field(default_factory=threading.Event)
     interrupt_during: str = ""  # "build", "verify", "tag" or "push": a signal arrives then
     stop: threading.Event | None = None
@@ -92,7 +95,7 @@ class FakeEngine:
 
     def build(
         self, context: bytes | Iterable[bytes], *, log: object, labels: dict[str, str] | None = None, on_step: object = None,
-        stages: list[str] | None = None,
+        classic: bool = False, keep: str | None = None,
     ) -> str:  # fmt: skip
         data = context if isinstance(context, bytes) else b"".join(context)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -108,6 +111,8 @@ class FakeEngine:
                 key, value = pair.split("=", 1)
                 inherited[key] = value
         self.builds += 1
+        self.dockerfiles.append(dockerfile)
+        self.kept.append(keep)
         image_id = f"sha256:{self.builds:064x}"
         self.images[image_id] = ImageInfo(id=image_id, size=10, labels={**inherited, **(labels or {})})
         last = dockerfile.strip().splitlines()[-1]  # what `docker history` shows for the newest step, quotes dropped
@@ -140,6 +145,9 @@ class FakeEngine:
         self.removed.append(ref)
         self.images.pop(ref, None)
 
+    def prune_build_cache(self, marker: str) -> None:
+        self.pruned.append(marker)
+
 
 def build(
     engine: FakeEngine, spec: ImageSpec, tmp_path: Path, *, stop: threading.Event | None = None, registry: object = None, **options: object
@@ -148,7 +156,7 @@ def build(
     return pipeline._build_one(
         engine, spec, WheelSet(lock="torch==2.13.0\n", files=()),  # type: ignore[arg-type]
         pipeline.BuildOptions(out_dir=tmp_path, **options), pipeline._Console(io.StringIO().write), tmp_path,  # type: ignore[arg-type]
-        None, stop, None, registry,  # type: ignore[arg-type]
+        None, stop, registry,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -452,3 +460,28 @@ def test_a_base_tag_that_moves_before_the_pull_is_named_by_what_was_pulled(tmp_p
     assert labels[contract.BUILD_HASH] == with_base.images[again.image_id].labels[contract.BUILD_HASH]
     assert labels[contract.BASE_DIGEST] == "sha256:b"
     assert "a base moved since the registry was asked" in (tmp_path / f"{CPU.name}.log").read_text()
+
+
+def test_a_venv_group_names_its_stage_in_each_build_and_drops_the_stage_after_the_last() -> None:
+    """Runtime and devel of one lock are one group with one stage id; another lock is another group."""
+    devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
+    same = WheelSet(lock="torch==2.13.0\n", files=())
+    groups = pipeline.venv_groups(
+        [CUDA, devel, CPU], {CUDA.name: same, devel.name: same, CPU.name: WheelSet(lock="torch==2.13.0+cpu\n", files=())}
+    )
+    assert list(groups.values()) == [[CUDA, devel], [CPU]]
+    ids = [pipeline.venv_id(key) for key in groups]
+    assert len(set(ids)) == 2 and all(len(i) == 16 for i in ids)
+
+
+def test_the_group_builds_with_its_stage_id_then_prunes_that_stage(tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(CPU))
+    results = pipeline._build_group(
+        engine, [CPU], {CPU.name: WheelSet(lock="torch==2.13.0\n", files=())},  # type: ignore[arg-type]
+        pipeline.BuildOptions(out_dir=tmp_path), pipeline._Console(io.StringIO().write), tmp_path,
+        None, threading.Event(), None, "0123456789abcdef",
+    )  # fmt: skip
+    assert [r.status for r in results] == ["built"]
+    assert ": venv-stage 0123456789abcdef; \\" in engine.dockerfiles[0]
+    assert engine.kept == ["venv-stage ", None]  # the image's build keeps the venv stage; the seal has none
+    assert engine.pruned == ["venv-stage 0123456789abcdef;"]

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from ..engine import Engine
 from ..model import ImageSpec
-from .containers import prune_untagged_builds
+from .containers import prune_old_build_cache, prune_untagged_builds
 from .services import (
     MIRROR,
     REGISTRY,
@@ -32,6 +32,8 @@ def setup(specs: Iterable[ImageSpec], say: Say = print) -> Engine:
     freed = prune_untagged_builds()
     if freed:
         say(f"testenv: removed untagged images of earlier builds: freed {freed / 1e9:.1f} GB")
+    if cache := prune_old_build_cache():
+        say(f"testenv: removed build cache records unused for 2 hours: freed {cache / 1e9:.1f} GB")
     ensure_registry(say, keep={spec.repository.removeprefix(f"{REGISTRY}/") for spec in specs})
     refs = ensure_stand_ins(engine, specs, say)
     for ref in refs:
