@@ -23,13 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import uv_binary  # noqa: E402
 
 from torchimages.lock import read_lock  # noqa: E402
 from torchimages.matrix import load_matrix  # noqa: E402
@@ -61,10 +62,7 @@ def main() -> int:
         requirements = Path(folder) / "requirements.txt"
         requirements.write_text(lock.requirements)
         (uv,) = (f for f in lock.files if f.name == UV)
-        with zipfile.ZipFile(WHEELHOUSE / uv.filename) as archive:
-            binary = Path(folder) / "uv"
-            binary.write_bytes(archive.read(next(n for n in archive.namelist() if n.endswith(".data/scripts/uv"))))
-        binary.chmod(0o755)
+        binary = uv_binary(WHEELHOUSE / uv.filename, Path(folder))
 
         def ours(fresh: ScratchEngine) -> float:
             out = OUT / "ours"

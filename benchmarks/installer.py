@@ -22,11 +22,12 @@ import statistics
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import uv_binary  # noqa: E402
 
 from torchimages.lock import read_lock  # noqa: E402
 from torchimages.matrix import load_matrix  # noqa: E402
@@ -41,16 +42,6 @@ OUT = ROOT / "build" / "bench" / "installer"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
 
 
-def _uv(wheel: Path, folder: Path) -> Path:
-    """The uv binary out of its wheel."""
-    with zipfile.ZipFile(wheel) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".data/scripts/uv"))
-        target = folder / "uv"
-        target.write_bytes(archive.read(name))
-    target.chmod(0o755)
-    return target
-
-
 def main() -> int:
     matrix = load_matrix(FIXTURE)
     spec = next(s for s in matrix.images if s.flavour == "runtime")
@@ -63,7 +54,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ti-bench-") as name:
         folder = Path(name)
         (uv,) = (f for f in lock.files if f.name == UV)
-        _uv(WHEELHOUSE / uv.filename, folder)  # to /in/uv
+        uv_binary(WHEELHOUSE / uv.filename, folder)  # to /in/uv
         (folder / "requirements.txt").write_text(lock.requirements)
         (folder / "pip.txt").write_text("".join(f.pinned for f in lock.files if f.name == PIP))
         python = f"python{spec.python}"

@@ -23,11 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import uv_binary  # noqa: E402
 
 from torchimages.lock import Indexes, index_args, target_args  # noqa: E402
 from torchimages.matrix import load_matrix  # noqa: E402
@@ -53,10 +54,7 @@ def main() -> int:
     glibc = spec.glibc.replace(".", "_")
     with tempfile.TemporaryDirectory(prefix="ti-bench-") as name:
         folder = Path(name)
-        with zipfile.ZipFile(wheel) as archive:
-            uv = folder / "uv"
-            uv.write_bytes(archive.read(next(n for n in archive.namelist() if n.endswith(".data/scripts/uv"))))
-        uv.chmod(0o755)
+        uv = uv_binary(wheel, folder)
         (folder / "requirements.in").write_text("\n".join(requirements) + "\n")
         report, pinned = folder / "report.json", folder / "pinned.txt"
         pip = [

@@ -261,6 +261,7 @@ class Engine:
         if classic:
             params.update(rm="1", forcerm="1")
         else:
+            self._require_buildkit()
             params.update(version="2", networkmode=self._build_network())
         try:
             return self._read_build(context, params, log=log, on_step=on_step, classic=classic)
@@ -327,6 +328,17 @@ class Engine:
         response = api._post(api._url("/build"), params=params, data=body, headers=headers, stream=True, timeout=None)
         api._raise_for_status(response)
         return api._stream_helper(response, decode=True)  # type: ignore[no-any-return]
+
+    def _require_buildkit(self) -> None:
+        """BuildKit's Dockerfile frontend takes `RUN --mount` with no `# syntax` line from Docker 20.10 on."""
+        with _engine_errors("cannot read the engine's version"):
+            version = str(self._api.version().get("Version") or "")
+        numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
+        if len(numbers) == 2 and numbers < [20, 10]:
+            raise BuildError(
+                f"this Docker engine is {version}; the images build with BuildKit's `RUN --mount`, which needs Docker 20.10 or later",
+                step=None,
+            )
 
     def _build_network(self) -> str:
         """The engine's default network when it has one; else the host's (BuildKit's default needs the `bridge`

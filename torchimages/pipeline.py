@@ -98,13 +98,16 @@ def build_images(
                 meter.close()
         with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
             # Images that share a venv stage build one after another, so the second finds the first's stage in the
-            # engine's cache and both get the very same venv layer; groups build side by side.
+            # engine's cache and both get the very same venv layer: the second's build waits for the first's, not for
+            # its verification and push. Groups build side by side. Submitted in order, so that an image only ever
+            # waits for one that a worker already runs.
             futures = [
-                pool.submit(_build_group, engine, group, wheel_sets, options, console, logs, source, stop, registry, venv_id(key))
-                for key, group in venv_groups(specs, wheel_sets).items()
+                pool.submit(_build_member, engine, member, wheel_sets, options, console, logs, source, stop, registry)
+                for member in _members(venv_groups(specs, wheel_sets))
             ]
             for future in futures:
-                results.update((result.spec.name, result) for result in future.result())
+                result = future.result()
+                results[result.spec.name] = result
     ordered = [results[spec.name] for spec in specs]
     write_reports(ordered, options.out_dir)
     if received:
@@ -209,9 +212,46 @@ def venv_id(key: tuple[str, ...]) -> str:
     return hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
 
 
-def _build_group(
+class _Countdown:
+    """How many images of a venv group are still to finish."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+
+    def done(self) -> bool:
+        """Count one finished; True for the last."""
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One image of a venv group: it builds once the image before it in the group has built (the venv stage is then
+    in the engine's build cache), and the group's last image to finish removes the stage from that cache."""
+
+    spec: ImageSpec
+    stage: str  # venv_id of the group
+    after: threading.Event | None  # set when the previous image of the group has built (or ended)
+    built: threading.Event
+    group: _Countdown
+
+
+def _members(groups: dict[tuple[str, ...], list[ImageSpec]]) -> list[_Member]:
+    members = []
+    for key, group in groups.items():
+        countdown, after = _Countdown(len(group)), None
+        for spec in group:
+            member = _Member(spec=spec, stage=venv_id(key), after=after, built=threading.Event(), group=countdown)
+            members.append(member)
+            after = member.built
+    return members
+
+
+def _build_member(
     engine: Engine,
-    group: list[ImageSpec],
+    member: _Member,
     wheel_sets: dict[str, WheelSet | WheelError],
     options: BuildOptions,
     console: _Console,
@@ -219,15 +259,18 @@ def _build_group(
     source: dict[str, str] | None,
     stop: threading.Event,
     registry: RegistryClient | None = None,
-    stage: str = "unlocked",
-) -> list[BuildResult]:
-    """Build the images of one venv group in order (the second finds the venv stage in the engine's build cache);
-    then drop that stage's cache (the venv no image needs any more)."""
+) -> BuildResult:
     try:
-        return [_build_one(engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, stage) for spec in group]
+        spec = member.spec
+        return _build_one(
+            engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, member.stage,
+            after=member.after, on_built=member.built.set,
+        )  # fmt: skip
     finally:
-        with suppress(EngineError):
-            engine.prune_build_cache(f"{STAGE_MARK}{stage};")
+        member.built.set()
+        if member.group.done():
+            with suppress(EngineError):
+                engine.prune_build_cache(f"{STAGE_MARK}{member.stage};")
 
 
 def _build_one(
@@ -241,6 +284,9 @@ def _build_one(
     stop: threading.Event | None = None,
     registry: RegistryClient | None = None,
     stage: str = "unlocked",
+    *,
+    after: threading.Event | None = None,
+    on_built: Callable[[], None] | None = None,
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
@@ -287,11 +333,18 @@ def _build_one(
                 if pulled != bases:  # a tag moved between the registry's answer and the pull: the hash names what is built
                     log.write(f"a base moved since the registry was asked ({bases} -> {pulled}): the build hash names the pulled one\n")
                     inputs = build_hash(small, *pulled, platform)
+                if after is not None and not after.is_set():
+                    console(spec.name, "waiting for the build of the previous image of its venv group (its venv stage)")
+                    while not after.wait(0.5):
+                        if stopped():
+                            return cancelled("before it started")
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
                 context = context_stream(files, wheels={name: options.wheelhouse / name for name in wheel_set.files})
                 built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step), keep=STAGE_MARK)
+                if on_built:
+                    on_built()
                 unsealed.append(built)
                 console(spec.name, "verifying (torch-verify inside the image)")
                 report = run_verify(engine, built, gpus=gpus)

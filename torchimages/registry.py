@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -67,6 +67,8 @@ class RemoteImage:
     manifest: Manifest  # the one the tag points at (its digest is what `docker push` reported)
     labels: dict[str, str]
     newest_step: str  # the created_by of the config's last history entry
+    # Each layer by its diff ID (the engine's name for it, `RootFS.Layers`): (blob digest, compressed size).
+    layers: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def parse_ref(ref: str) -> RemoteRef:
@@ -150,9 +152,11 @@ class RegistryClient:
             raise RegistryError(f"{where.registry} served a config for {ref} that does not match its digest {config_digest}")
         config = _json(response.content, config_digest)
         history = config.get("history") or [{}]
+        blobs = [(str(layer.get("digest")), int(layer.get("size") or 0)) for layer in manifest.json().get("layers") or []]
+        diff_ids = [str(diff_id) for diff_id in (config.get("rootfs") or {}).get("diff_ids") or []]
         return RemoteImage(
             manifest=top, labels=dict((config.get("config") or {}).get("Labels") or {}),
-            newest_step=str(history[-1].get("created_by", "")),
+            newest_step=str(history[-1].get("created_by", "")), layers=dict(zip(diff_ids, blobs, strict=False)),
         )  # fmt: skip
 
     def put_manifest(self, ref: str, manifest: Manifest) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from torchimages.engine import Engine
 from torchimages.model import BuildResult
+from torchimages.registry import RegistryClient
 from torchimages.testing.testenv import REGISTRY
 from torchimages.verify import run_verify
 
@@ -48,19 +49,12 @@ def test_the_registry_serves_the_recorded_digest(report: dict) -> None:
                 assert response.headers["Docker-Content-Digest"] == pushed["digest"]
 
 
-def _manifest(ref: str) -> dict:
-    name, tag = ref.removeprefix(f"{REGISTRY}/").rsplit(":", 1)
-    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
-    with urllib.request.urlopen(
-        urllib.request.Request(f"http://{REGISTRY}/v2/{name}/manifests/{tag}", headers=accept), timeout=10
-    ) as answer:
-        return dict(json.loads(answer.read()))
-
-
 def test_the_runtime_and_devel_images_share_one_venv_blob_in_the_registry(report: dict) -> None:
     """The venv is stored once for both flavours: the same blob, by digest, in both manifests."""
     pushed = {image["name"].split("-")[-2]: image["pushed"][0]["ref"] for image in report["images"] if "-cuda" in image["name"]}
-    layers = {flavour: {layer["digest"]: layer["size"] for layer in _manifest(ref)["layers"]} for flavour, ref in pushed.items()}
+    images = {flavour: RegistryClient().image(ref) for flavour, ref in pushed.items()}
+    assert all(images.values()), images
+    layers = {flavour: dict(image.layers.values()) for flavour, image in images.items() if image is not None}
     shared = {digest: size for digest, size in layers["runtime"].items() if digest in layers["devel"]}
     venv = max(shared.values(), default=0)
     assert venv > 1_000_000_000, f"the largest blob both share is {venv} bytes"

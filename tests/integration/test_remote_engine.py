@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,21 +23,6 @@ from torchimages.testing.engines import ScratchEngine, copy_image, scratch_engin
 ROOT = Path(__file__).parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "images.yaml"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
-
-
-def _layer_sizes(ref: str) -> dict[str, int]:
-    """Each layer of an image in the loopback registry by its diff ID (the engine's name for it): compressed size."""
-    registry, path = ref.split("/", 1)
-    name, tag = path.rsplit(":", 1)
-
-    def get(what: str, accept: str = "*/*") -> dict:
-        request = urllib.request.Request(f"http://{registry}/v2/{name}/{what}", headers={"Accept": accept})
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return dict(json.loads(answer.read()))
-
-    manifest = get(f"manifests/{tag}", "application/vnd.docker.distribution.manifest.v2+json")
-    config = get(f"blobs/{manifest['config']['digest']}")
-    return dict(zip(config["rootfs"]["diff_ids"], (layer["size"] for layer in manifest["layers"]), strict=True))
 
 
 @pytest.fixture()
@@ -92,7 +76,9 @@ def test_an_engine_in_its_own_network_namespace_builds_and_verifies_an_image(
     # largest layer of the session's CPU image that its base lacks is in this image too, by diff ID.
     session = next(result for result in built if result.spec.name == spec.name)
     assert session.pushed, session.error
-    sizes = _layer_sizes(session.pushed[0].ref)
+    pushed = RegistryClient().image(session.pushed[0].ref)
+    assert pushed is not None
+    sizes = {diff_id: size for diff_id, (_, size) in pushed.layers.items()}
     base_layers = set(remote.client().api.inspect_image(spec.base_image)["RootFS"]["Layers"])
     venv = max(set(sizes) - base_layers, key=sizes.__getitem__)
     assert sizes[venv] > 300_000_000, sizes

@@ -37,6 +37,9 @@ class FakeApi:
     def networks(self, names: list[str]) -> list[dict]:
         return [{"Name": "bridge"}]
 
+    def version(self) -> dict:
+        return {"Version": "20.10.24", "ApiVersion": "1.41"}  # what `invoke testenv` runs
+
     def prune_builds(self, filters: dict, all: bool) -> None:
         self.pruned.append(filters)
 
@@ -129,6 +132,21 @@ def test_an_engine_without_a_bridge_builds_on_the_hosts_network() -> None:
     api = NoBridge(build=recorded("two_stages.jsonl"))
     engine_with(api).build(b"", log=io.StringIO())
     assert api.params[0]["networkmode"] == "host"
+
+
+@pytest.mark.parametrize(("version", "builds"), [("19.03.15", False), ("20.10.24", True), ("27.3.1", True)])
+def test_an_engine_older_than_20_10_is_told_why_before_anything_is_sent(version: str, builds: bool) -> None:
+    class Versioned(FakeApi):
+        def version(self) -> dict:
+            return {"Version": version}
+
+    api = Versioned(build=recorded("two_stages.jsonl"))
+    if builds:
+        engine_with(api).build(b"", log=io.StringIO())
+    else:
+        with pytest.raises(BuildError, match=f"this Docker engine is {version}; .* needs Docker 20.10 or later"):
+            engine_with(api).build(b"", log=io.StringIO())
+    assert len(api.params) == int(builds)
 
 
 def test_the_classic_builder_reports_the_image_id_and_each_step() -> None:

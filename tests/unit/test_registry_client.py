@@ -45,9 +45,12 @@ class FakeRegistry:
     refresh_tokens: list[dict[str, list[str]]] = field(default_factory=list)  # the OAuth2 forms POSTed to /token
 
     def add_image(self, repo: str, tag: str, labels: dict[str, str], *, steps: tuple[str, ...] = ("LABEL a=b",)) -> Manifest:
-        config = json.dumps({"config": {"Labels": labels}, "history": [{"created_by": s} for s in steps]}).encode()
-        self.blobs[_digest(config)] = config
-        body = json.dumps({"schemaVersion": 2, "mediaType": MANIFESTS[1], "config": {"digest": _digest(config)}}).encode()
+        diff_ids = [f"sha256:{'d' * 63}{n}" for n in range(len(steps))]  # one layer per step
+        config = json.dumps({"config": {"Labels": labels}, "history": [{"created_by": s} for s in steps], "rootfs": {"diff_ids": diff_ids}})
+        self.blobs[_digest(config.encode())] = config.encode()
+        layers = [{"digest": f"sha256:{'b' * 63}{n}", "size": 1000 + n} for n in range(len(steps))]
+        manifest = {"schemaVersion": 2, "mediaType": MANIFESTS[1], "config": {"digest": _digest(config.encode())}, "layers": layers}
+        body = json.dumps(manifest).encode()
         self.manifests[(repo, tag)] = self.manifests[(repo, _digest(body))] = (MANIFESTS[1], body)
         return Manifest(digest=_digest(body), media_type=MANIFESTS[1], body=body)
 
@@ -197,6 +200,8 @@ def test_a_token_challenge_is_answered_with_the_stored_password(registry: FakeRe
     image = RegistryClient().image(f"{registry.address}/team/pytorch:2.13.0-cpu")
     assert image is not None
     assert (image.manifest.digest, image.labels, image.newest_step) == (pushed.digest, {"org.torch-images.build-hash": "abc"}, "LABEL seal")
+    # Each layer by its diff ID (the config's), with the blob the manifest names for it.
+    assert image.layers == {f"sha256:{'d' * 63}0": (f"sha256:{'b' * 63}0", 1000), f"sha256:{'d' * 63}1": (f"sha256:{'b' * 63}1", 1001)}
     # One token for the repository's pull scope, asked for with the service the challenge named, reused for the blob.
     assert [(q["service"], q["scope"]) for q in registry.token_requests] == [(["fake-registry"], ["repository:team/pytorch:pull"])]
 

@@ -8,6 +8,7 @@ import shlex
 import tarfile
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,14 +18,15 @@ from torchimages import labels as contract
 from torchimages import pipeline
 from torchimages.engine import Cancelled, ImageInfo, RunResult
 from torchimages.matrix import load_matrix
-from torchimages.model import ImageSpec
+from torchimages.model import BuildResult, ImageSpec
 from torchimages.registry import Manifest, RegistryError, RemoteImage
-from torchimages.wheels import WheelSet
+from torchimages.wheels import WheelError, WheelSet
 
 ROOT = Path(__file__).parents[2]
 MATRIX = load_matrix(ROOT / "tests" / "fixtures" / "images.yaml")
 CPU = next(s for s in MATRIX.images if s.cuda is None)
 CUDA = next(s for s in MATRIX.images if s.cuda and s.flavour == "runtime")
+BASES = {ref for spec in MATRIX.images for ref in (spec.base_image, spec.venv_base_image)}
 
 
 def verify_output(spec: ImageSpec, **changes: object) -> str:
@@ -80,7 +82,7 @@ class FakeEngine:
         return "sha256:b"
 
     def image(self, ref: str) -> ImageInfo | None:
-        if ref in (CPU.base_image, CUDA.base_image, CUDA.venv_base_image) and (self.bases_present or ref in self.pulled):
+        if ref in BASES and (self.bases_present or ref in self.pulled):
             return ImageInfo(id="sha256:base", size=1, labels=dict(self.base_labels), repo_digests=(f"{ref.rsplit(':', 1)[0]}@sha256:b",))
         return self.images.get(self.tags.get(ref, ref))
 
@@ -103,7 +105,7 @@ class FakeEngine:
             assert member is not None
             dockerfile = member.read().decode()
         parent = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")][-1]  # the image's own stage
-        if parent in (CPU.base_image, CUDA.base_image):  # the image's own Dockerfile: its labels are the promise
+        if parent in BASES:  # the image's own Dockerfile: its labels are the promise
             inherited = dict(self.base_labels)
         else:  # the seal: FROM the built image, then one LABEL step with every pair
             inherited = dict(self.images[parent].labels)
@@ -474,14 +476,77 @@ def test_a_venv_group_names_its_stage_in_each_build_and_drops_the_stage_after_th
     assert len(set(ids)) == 2 and all(len(i) == 16 for i in ids)
 
 
-def test_the_group_builds_with_its_stage_id_then_prunes_that_stage(tmp_path: Path) -> None:
+def _run_members(engine: FakeEngine, specs: list[ImageSpec], tmp_path: Path, *, jobs: int, push: bool = False) -> list[BuildResult]:
+    """The pipeline's scheduling of venv groups, without the wheel fetch before it."""
+    wheel_sets: dict[str, WheelSet | WheelError] = {spec.name: WheelSet(lock="torch==2.13.0\n", files=()) for spec in specs}
+    options = pipeline.BuildOptions(out_dir=tmp_path, push=push, jobs=jobs)
+    members = pipeline._members(pipeline.venv_groups(specs, wheel_sets))
+    console = pipeline._Console(io.StringIO().write)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [
+            pool.submit(pipeline._build_member, engine, m, wheel_sets, options, console, tmp_path, None, threading.Event())
+            for m in members
+        ]  # fmt: skip
+        return [future.result() for future in futures]
+
+
+def test_a_group_builds_with_its_stage_id_then_prunes_that_stage(tmp_path: Path) -> None:
     engine = FakeEngine(verify=verify_output(CPU))
-    results = pipeline._build_group(
-        engine, [CPU], {CPU.name: WheelSet(lock="torch==2.13.0\n", files=())},  # type: ignore[arg-type]
-        pipeline.BuildOptions(out_dir=tmp_path), pipeline._Console(io.StringIO().write), tmp_path,
-        None, threading.Event(), None, "0123456789abcdef",
-    )  # fmt: skip
-    assert [r.status for r in results] == ["built"]
-    assert ": venv-stage 0123456789abcdef; \\" in engine.dockerfiles[0]
+    (result,) = _run_members(engine, [CPU], tmp_path, jobs=1)
+    assert result.status == "built"
+    stage = pipeline.venv_id(next(iter(pipeline.venv_groups([CPU], {CPU.name: WheelSet(lock="torch==2.13.0\n", files=())}))))
+    assert f": venv-stage {stage}; \\" in engine.dockerfiles[0]
     assert engine.kept == ["venv-stage ", None]  # the image's build keeps the venv stage; the seal has none
-    assert engine.pruned == ["venv-stage 0123456789abcdef;"]
+    assert engine.pruned == [f"venv-stage {stage};"]
+
+
+class Timeline(FakeEngine):
+    """Records when each image's build starts and ends; the first image's push waits (up to 10 s) for the second
+    image's build to start, as it would when the two overlap."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.events: list[str] = []
+        self.second_building = threading.Event()
+        self.lock = threading.Lock()
+
+    def build(self, context: bytes | Iterable[bytes], *, log: object, classic: bool = False, **kwargs: object) -> str:
+        data = context if isinstance(context, bytes) else b"".join(context)
+        flavour = "devel" if b"-devel-" in data.split(b"# Stage 2")[-1].split(b"\n", 2)[1] else "runtime"
+        if not classic:
+            with self.lock:
+                self.events.append(f"{flavour} build starts")
+            if flavour == "devel":
+                self.second_building.set()
+        image = super().build(data, log=log, classic=classic, **kwargs)  # type: ignore[arg-type]
+        if not classic:
+            with self.lock:
+                self.events.append(f"{flavour} build ends")
+        return image
+
+    def push(self, ref: str, *, log: object) -> str:
+        if "-runtime" in ref and not any("runtime push" in event for event in self.events):  # the runtime image's first push
+            self.events.append(f"runtime push waits: {self.second_building.wait(10)}")
+        with self.lock:
+            return super().push(ref, log=log)
+
+
+def test_with_two_jobs_the_second_flavour_builds_while_the_first_is_verified_and_pushed(tmp_path: Path) -> None:
+    devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
+    engine = Timeline(verify=verify_output(CUDA))
+    results = _run_members(engine, [CUDA, devel], tmp_path, jobs=2, push=True)
+    assert [r.status for r in results] == ["built", "built"], [r.error for r in results]
+    # The devel build starts only after the runtime build (the venv stage is in the cache then), and while the
+    # runtime image is being pushed.
+    assert engine.events.index("devel build starts") > engine.events.index("runtime build ends")
+    assert "runtime push waits: True" in engine.events, engine.events
+    assert len(engine.pruned) == 1  # once, after both
+
+
+def test_with_one_job_the_flavours_run_one_after_the_other(tmp_path: Path) -> None:
+    devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
+    engine = Timeline(verify=verify_output(CUDA))
+    engine.second_building.set()  # nothing to wait for: one worker
+    _run_members(engine, [CUDA, devel], tmp_path, jobs=1, push=True)
+    assert engine.events[:3] == ["runtime build starts", "runtime build ends", "runtime push waits: True"]
+    assert engine.events[3:] == ["devel build starts", "devel build ends"]
