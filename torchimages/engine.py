@@ -268,7 +268,7 @@ class Engine:
         finally:
             if before is not None:
                 with suppress(EngineError):
-                    self.drop_build_cache(before, keep=keep)
+                    self.drop_build_cache(before, keep=keep, settle=3)
 
     def _read_build(
         self, context: bytes | Iterable[bytes], params: dict[str, str], *, log: TextIO, on_step: Callable[[str], None] | None, classic: bool
@@ -362,11 +362,12 @@ class Engine:
     def build_cache_ids(self) -> set[str]:
         return {str(record["ID"]) for record in self._build_cache()}
 
-    def drop_build_cache(self, before: set[str], *, keep: str | None = None) -> None:
+    def drop_build_cache(self, before: set[str], *, keep: str | None = None, settle: float = 0) -> None:
         """Remove the build cache records made since `before`, except those of steps whose command holds keep and
-        the records under them. Records in use (a build that still runs) stay. After an interrupt, a cancelled
-        build's records are in use until dockerd has unwound it: up to ten seconds are given for that."""
-        deadline = time.monotonic() + (10 if self.cancelled.is_set() else 0)
+        the records under them. Records in use (a build that still runs) stay; up to `settle` seconds are given for
+        them to be let go (dockerd lets a finished build's go shortly after its answer ends), ten after an
+        interrupt (a cancelled build's, once dockerd has unwound it)."""
+        deadline = time.monotonic() + (10 if self.cancelled.is_set() else settle)
         while True:
             records = {str(record["ID"]): record for record in self._build_cache()}
             kept: set[str] = set()
@@ -377,7 +378,7 @@ class Engine:
             self._prune(_leaves_first(new, [id for id, record in new.items() if not record.get("InUse")]))
             if not any(record.get("InUse") for record in new.values()) or time.monotonic() > deadline:
                 return
-            time.sleep(0.5)
+            time.sleep(0.25)
 
     def prune_build_cache(self, marker: str) -> None:
         """Remove the build cache records of the steps whose command holds marker, and the records under them that

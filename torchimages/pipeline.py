@@ -213,11 +213,18 @@ def venv_id(key: tuple[str, ...]) -> str:
 
 
 class _Countdown:
-    """How many images of a venv group are still to finish."""
+    """How many images of a venv group are still to finish, and the engine's build cache when the first started."""
 
     def __init__(self, count: int) -> None:
         self._left = count
         self._lock = threading.Lock()
+        self.cache_before: set[str] | None = None
+
+    def start(self, engine: Engine) -> None:
+        with self._lock:
+            if self.cache_before is None:
+                with suppress(EngineError):
+                    self.cache_before = engine.build_cache_ids()
 
     def done(self) -> bool:
         """Count one finished; True for the last."""
@@ -260,6 +267,7 @@ def _build_member(
     stop: threading.Event,
     registry: RegistryClient | None = None,
 ) -> BuildResult:
+    member.group.start(engine)
     try:
         spec = member.spec
         return _build_one(
@@ -269,8 +277,12 @@ def _build_member(
     finally:
         member.built.set()
         if member.group.done():
+            # The group's venv stage; then whatever else its builds left that is no longer in use (a build drops its
+            # own records as it ends, but dockerd may not have let them go yet). Other groups' stages stay.
             with suppress(EngineError):
                 engine.prune_build_cache(f"{STAGE_MARK}{member.stage};")
+                if member.group.cache_before is not None:
+                    engine.drop_build_cache(member.group.cache_before, keep=STAGE_MARK)
 
 
 def _build_one(

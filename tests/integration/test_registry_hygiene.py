@@ -76,7 +76,10 @@ def test_deleting_a_tag_and_sweeping_leave_only_what_is_kept(engine: Engine, tmp
 def test_testenv_prunes_untagged_builds_of_ours_once_they_are_old_enough(engine: Engine) -> None:
     """What a changed build hash or a killed run leaves goes; a tagged image, or one made just now, stays."""
     build_hash = f"test-{uuid.uuid4().hex}"
-    ids = [engine.build(_context(f"FROM scratch\nLABEL {BUILD_HASH}={build_hash} n={n}\n"), log=io.StringIO()) for n in (1, 2)]
+    # Made as the seal makes an image of ours (a classic LABEL step, which records when it ran; BuildKit dates an
+    # image with no layers at year 1, which no age filter keeps).
+    dockerfiles = [f"FROM scratch\nLABEL {BUILD_HASH}={build_hash} n={n}\n" for n in (1, 2)]
+    ids = [engine.build(_context(dockerfile), log=io.StringIO(), classic=True) for dockerfile in dockerfiles]
     tag = f"torch-images-test-prune:{build_hash}"
     engine.tag(ids[1], tag)
     try:

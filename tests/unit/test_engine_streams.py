@@ -42,6 +42,7 @@ class FakeApi:
 
     def prune_builds(self, filters: dict, all: bool) -> None:
         self.pruned.append(filters)
+        self.cache = [record for record in self.cache if record["ID"] not in filters["id"]]
 
     def build(self, **_: Any) -> Iterator[dict]:
         yield from self._build

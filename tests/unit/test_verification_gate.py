@@ -150,6 +150,12 @@ class FakeEngine:
     def prune_build_cache(self, marker: str) -> None:
         self.pruned.append(marker)
 
+    def build_cache_ids(self) -> set[str]:
+        return {"older"}
+
+    def drop_build_cache(self, before: set[str], *, keep: str | None = None) -> None:
+        self.pruned.append(f"all since {sorted(before)} but {keep!r}")
+
 
 def build(
     engine: FakeEngine, spec: ImageSpec, tmp_path: Path, *, stop: threading.Event | None = None, registry: object = None, **options: object
@@ -497,7 +503,8 @@ def test_a_group_builds_with_its_stage_id_then_prunes_that_stage(tmp_path: Path)
     stage = pipeline.venv_id(next(iter(pipeline.venv_groups([CPU], {CPU.name: WheelSet(lock="torch==2.13.0\n", files=())}))))
     assert f": venv-stage {stage}; \\" in engine.dockerfiles[0]
     assert engine.kept == ["venv-stage ", None]  # the image's build keeps the venv stage; the seal has none
-    assert engine.pruned == [f"venv-stage {stage};"]
+    # The group's stage, then what else its builds left (another group's stage stays).
+    assert engine.pruned == [f"venv-stage {stage};", "all since ['older'] but 'venv-stage '"]
 
 
 class Timeline(FakeEngine):
@@ -540,7 +547,7 @@ def test_with_two_jobs_the_second_flavour_builds_while_the_first_is_verified_and
     # runtime image is being pushed.
     assert engine.events.index("devel build starts") > engine.events.index("runtime build ends")
     assert "runtime push waits: True" in engine.events, engine.events
-    assert len(engine.pruned) == 1  # once, after both
+    assert len(engine.pruned) == 2  # once, after both
 
 
 def test_with_one_job_the_flavours_run_one_after_the_other(tmp_path: Path) -> None:
