@@ -3,11 +3,13 @@
 Each side gets a new dockerd in a network namespace of its own (no layer cache), its bases copied in
 beforehand (not timed), the session's locks and wheelhouse (no index is asked), and builds and verifies
 the three images with `--rebuild`, without pushing. The test matrix has two venv groups (the CPU image;
-the CUDA runtime and devel images, which share one venv stage and so build one after the other), so two
-jobs can at most overlap the CPU group with the CUDA group. The sides alternate, RUNS times each.
+the CUDA runtime and devel images, which share one venv stage): two jobs overlap the CPU group with the
+CUDA group, and the devel image's build with the runtime image's verification and seal (it waits for the
+runtime image's build, which leaves the venv stage in the cache). The sides alternate, RUNS times each.
 
-Prints each side's median, the ratio, and how much the engine's data root was written per second
-(a build that writes as fast as the disk allows is disk-bound, and jobs cannot help it).
+Prints each side's median, the ratio, how much the machine's disks were written per second (a build that
+writes as fast as the disk allows is disk-bound) and how busy its cores were (a build that keeps every core
+busy with one job is CPU-bound): where either holds, more jobs cannot help.
 Run as root after `invoke testenv`:  .venv/bin/python benchmarks/jobs.py
 """
 
@@ -45,6 +47,12 @@ def _written(device_stats: Path) -> int:
     return total
 
 
+def _cpu() -> tuple[int, int]:
+    """(busy, all) CPU time of the whole machine so far (/proc/stat's first line; idle and iowait are not busy)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
 def main() -> int:
     matrix = load_matrix(FIXTURE)
     engine = testenv.setup(list(matrix.images), say=print)
@@ -57,6 +65,7 @@ def main() -> int:
     bases = dict.fromkeys(ref for spec in matrix.images for ref in (spec.base_image, spec.venv_base_image))
     times: dict[int, list[float]] = {1: [], 2: []}
     rates: dict[int, list[float]] = {1: [], 2: []}
+    busy: dict[int, list[float]] = {1: [], 2: []}  # the share of all cores' time spent working
     for _ in range(RUNS):
         for jobs in (1, 2):
             with scratch_engine() as fresh:
@@ -67,19 +76,23 @@ def main() -> int:
                 shutil.copytree(OUT / "first" / "locks", out / "locks")
                 command = [sys.executable, "-m", "invoke", "build", "--rebuild", "--jobs", str(jobs), "--config", str(FIXTURE)]
                 command += ["--out-dir", str(out), "--wheelhouse", str(WHEELHOUSE)]
-                written, started = _written(Path("/proc/diskstats")), time.monotonic()
+                written, cpu, started = _written(Path("/proc/diskstats")), _cpu(), time.monotonic()
                 done = subprocess.run(command, cwd=ROOT, env=fresh.environment(), capture_output=True, text=True, check=False)
                 elapsed = time.monotonic() - started
                 if done.returncode != 0:
                     raise SystemExit(f"--jobs {jobs} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
                 times[jobs].append(elapsed)
                 rates[jobs].append((_written(Path("/proc/diskstats")) - written) / elapsed)
+                now = _cpu()
+                busy[jobs].append((now[0] - cpu[0]) / max(1, now[1] - cpu[1]))
     one, two = statistics.median(times[1]), statistics.median(times[2])
     print(f"images: {len(first)}, runs per side: {RUNS}")
     for jobs in (1, 2):
         runs = ", ".join(f"{t:.1f}" for t in times[jobs])
         median, rate = statistics.median(times[jobs]), statistics.median(rates[jobs]) / 1e6
-        print(f"--jobs {jobs}: median {median:7.1f} s   ({runs})   disk writes {rate:.0f} MB/s")
+        cores = statistics.median(busy[jobs])
+        usage = f"disk writes {rate:.0f} MB/s, {cores:.0%} of {os.cpu_count()} cores busy"
+        print(f"--jobs {jobs}: median {median:7.1f} s   ({runs})   {usage}")
     print(f"speed-up --jobs 2 over --jobs 1 = {one / two:.2f}   (target >= 1.6 where the work is not disk-bound)")
     return 0
 
