@@ -23,6 +23,7 @@ from typing import TextIO
 # "[venv 2/3] RUN ..." or "[stage-1 4/12] COPY ...": a Dockerfile step (the others are BuildKit's own: "[internal] ...").
 _STEP = re.compile(r"^\[(?:(?P<stage>[^\]\s]+)\s+)?(?P<n>\d+)/(?P<of>\d+)\] (?P<text>.*)$", re.DOTALL)
 _TAIL = 20  # lines of a step's output kept for its error message
+_CANCELLED = "context canceled"
 
 
 class TraceError(ValueError):
@@ -56,10 +57,11 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             if at + size > len(data):
                 raise TraceError("a field runs past the end of the message")
             value, at = data[at : at + size], at + size
-        elif kind == 1:
-            value, at = data[at : at + 8], at + 8
-        elif kind == 5:
-            value, at = data[at : at + 4], at + 4
+        elif kind in (1, 5):
+            size = 8 if kind == 1 else 4
+            if at + size > len(data):
+                raise TraceError("a field runs past the end of the message")
+            value, at = data[at : at + size], at + size
         else:
             raise TraceError(f"wire type {kind} is not one protobuf has")
         yield number, value
@@ -151,7 +153,7 @@ class Trace:
     numbers: dict[str, int] = field(default_factory=dict)
     vertexes: dict[str, Vertex] = field(default_factory=dict)
     tails: dict[str, list[str]] = field(default_factory=dict)
-    partial: dict[str, str] = field(default_factory=dict)
+    partial: dict[str, bytes] = field(default_factory=dict)  # a step's output after its last newline
     current: str | None = None  # the newest Dockerfile step that started
     failed: str | None = None  # the digest of the vertex that reported an error
 
@@ -174,7 +176,9 @@ class Trace:
         if vertex.completed is not None and (seen is None or seen.completed is None):
             self._flush(vertex.digest)
             if vertex.error:
-                self.failed = vertex.digest
+                # The first step to fail: BuildKit then cancels the steps still running beside it ("context canceled").
+                if self.failed is None or _CANCELLED in self.vertexes[self.failed].error:
+                    self.failed = vertex.digest
                 self.log.write(f"#{number} ERROR: {vertex.error}\n")
             elif vertex.cached:
                 self.log.write(f"#{number} CACHED\n")
@@ -183,13 +187,13 @@ class Trace:
                 self.log.write(f"#{number} DONE {took:.1f}s\n")
 
     def _output(self, log: Log) -> None:
+        """Output comes in pieces that may split a line, or a character: whole lines are written."""
         number = self.numbers.setdefault(log.vertex, len(self.numbers) + 1)
-        text = self.partial.pop(log.vertex, "") + log.data.decode("utf-8", "replace")
-        *lines, rest = text.split("\n")
+        *lines, rest = (self.partial.pop(log.vertex, b"") + log.data).split(b"\n")
         if rest:
             self.partial[log.vertex] = rest
         for line in lines:
-            self._line(log.vertex, number, line)
+            self._line(log.vertex, number, line.decode("utf-8", "replace"))
 
     def _line(self, digest: str, number: int, line: str) -> None:
         self.log.write(f"#{number} {line}\n")
@@ -197,8 +201,8 @@ class Trace:
             self.tails[digest] = (self.tails.get(digest, []) + [line.rstrip()])[-_TAIL:]
 
     def _flush(self, digest: str) -> None:
-        if rest := self.partial.pop(digest, ""):
-            self._line(digest, self.numbers[digest], rest)
+        if rest := self.partial.pop(digest, b""):
+            self._line(digest, self.numbers[digest], rest.decode("utf-8", "replace"))
 
     def error_step(self) -> str | None:
         """The Dockerfile step that failed (or, when no vertex said so, the one that ran last)."""

@@ -256,7 +256,12 @@ class Engine:
         machine's network.
         """
         self._check(None, "the build")
-        before = self.build_cache_ids() if drop_cache and not classic else None
+        before = None
+        if drop_cache and not classic:
+            try:
+                before = self.build_cache_ids()
+            except EngineError as exc:  # the build can go on; what it leaves in the cache stays there
+                log.write(f"not dropping this build's cache records afterwards: {exc}\n")
         params: dict[str, str] = {"labels": json.dumps(labels or {})}
         if classic:
             params.update(rm="1", forcerm="1")
@@ -286,7 +291,10 @@ class Engine:
             stream = self._post_build(params, body)
             for chunk in stream:
                 if chunk.get("id") == "moby.buildkit.trace" and isinstance(chunk.get("aux"), str):
-                    trace.feed(decode_status(chunk["aux"]))
+                    try:
+                        trace.feed(decode_status(chunk["aux"]))
+                    except TraceError as exc:  # the build goes on; only its progress is unread
+                        log.write(f"(a progress message of the engine could not be read: {exc})\n")
                 elif "stream" in chunk:
                     text = str(chunk["stream"])
                     log.write(text)
@@ -312,8 +320,6 @@ class Engine:
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
             failed_step, _ = where()
             raise BuildError(f"lost the Docker engine during the build: {exc}", step=failed_step and _short(failed_step)) from None
-        except TraceError as exc:
-            raise BuildError(f"the engine's build progress could not be read: {exc}", step=where()[0]) from None
         finally:
             log.flush()
         if image_id is None:
@@ -350,8 +356,17 @@ class Engine:
     # -- build cache ----------------------------------------------------------------------
 
     def _build_cache(self) -> list[dict[str, Any]]:
-        with _engine_errors("cannot read the engine's build cache"):
-            return list(self._api.df().get("BuildCache") or [])
+        """The build cache records, from `GET /system/df`. Up to dockerd 23 that call refuses to run twice at once
+        ("a disk usage operation is already running"): this process asks one at a time, and another's is waited out."""
+        for attempt in range(40):
+            try:
+                with _DISK_USAGE, _engine_errors("cannot read the engine's build cache"):
+                    return list(self._api.df().get("BuildCache") or [])
+            except EngineError as exc:
+                if "already running" not in str(exc) or attempt == 39:
+                    raise
+            time.sleep(0.25)
+        raise AssertionError("unreachable")
 
     def _prune(self, ids: Iterable[str]) -> None:
         """Remove build cache records by ID, one request each (dockerd takes one value per prune filter)."""
@@ -365,9 +380,10 @@ class Engine:
     def drop_build_cache(self, before: set[str], *, keep: str | None = None, settle: float = 0) -> None:
         """Remove the build cache records made since `before`, except those of steps whose command holds keep and
         the records under them. Records in use (a build that still runs) stay; up to `settle` seconds are given for
-        them to be let go (dockerd lets a finished build's go shortly after its answer ends), ten after an
-        interrupt (a cancelled build's, once dockerd has unwound it)."""
-        deadline = time.monotonic() + (10 if self.cancelled.is_set() else settle)
+        them to be let go (dockerd lets a finished build's go shortly after its answer ends), three after an
+        interrupt (a cancelled build's, once dockerd has unwound it; no more, so that the report is written before
+        a CI runner's SIGKILL)."""
+        deadline = time.monotonic() + max(settle, 3 if self.cancelled.is_set() else 0)
         while True:
             records = {str(record["ID"]): record for record in self._build_cache()}
             kept: set[str] = set()
@@ -521,21 +537,39 @@ class Engine:
         return info.id
 
 
+_DISK_USAGE = threading.Lock()  # GET /system/df, one at a time (see Engine._build_cache)
+
+
+def _parents(record: dict[str, Any]) -> list[str]:
+    """A build cache record's parents: `Parents` from API 1.42 (dockerd 23) on, `Parent` before."""
+    return [str(p) for p in record.get("Parents") or ([record["Parent"]] if record.get("Parent") else [])]
+
+
 def _lineage(records: dict[str, dict[str, Any]], id: str) -> set[str]:
-    """A build cache record and those under it (its parent, the parent's parent, ...)."""
+    """A build cache record and those under it (its parents, their parents, ...)."""
     found: set[str] = set()
-    while id in records and id not in found:
-        found.add(id)
-        id = str(records[id].get("Parent") or "")
+    todo = [id]
+    while todo:
+        current = todo.pop()
+        if current in records and current not in found:
+            found.add(current)
+            todo.extend(_parents(records[current]))
     return found
 
 
 def _leaves_first(records: dict[str, dict[str, Any]], ids: Iterable[str]) -> list[str]:
-    """ids ordered so that a record comes before its parent: BuildKit keeps a record while a child holds it."""
+    """ids ordered so that a record comes before its parents: BuildKit keeps a record while a child holds it."""
+    children: dict[str, list[str]] = {}
+    for id, record in records.items():
+        for parent in _parents(record):
+            children.setdefault(parent, []).append(id)
+    depths: dict[str, int] = {}
 
-    def depth(id: str) -> int:  # how many of the records sit on top of it
-        children = [child for child, record in records.items() if record.get("Parent") == id]
-        return 1 + max((depth(child) for child in children), default=0)
+    def depth(id: str, seen: frozenset[str] = frozenset()) -> int:  # how many records sit on top of it
+        if id not in depths:
+            above = [child for child in children.get(id, []) if child not in seen]
+            depths[id] = 1 + max((depth(child, seen | {id}) for child in above), default=0)
+        return depths[id]
 
     return sorted(ids, key=depth)
 

@@ -103,7 +103,7 @@ def build_images(
             # waits for one that a worker already runs.
             futures = [
                 pool.submit(_build_member, engine, member, wheel_sets, options, console, logs, source, stop, registry)
-                for member in _members(venv_groups(specs, wheel_sets))
+                for member in _members(venv_groups(specs, wheel_sets), interleave=options.jobs > 1)
             ]
             for future in futures:
                 result = future.result()
@@ -245,15 +245,22 @@ class _Member:
     group: _Countdown
 
 
-def _members(groups: dict[tuple[str, ...], list[ImageSpec]]) -> list[_Member]:
-    members = []
+def _members(groups: dict[tuple[str, ...], list[ImageSpec]], *, interleave: bool = False) -> list[_Member]:
+    """The images in the order they are submitted: group by group (one job: a venv stage is in the cache no
+    longer than its group needs it), or interleaved (every group's first image, then every second, ...: a
+    waiting image holds a worker, so the groups' first images go first). Either way an image only ever waits
+    for one submitted before it, so no worker waits for a task that no worker runs."""
+    chains = []
     for key, group in groups.items():
-        countdown, after = _Countdown(len(group)), None
+        countdown, after, chain = _Countdown(len(group)), None, []
         for spec in group:
             member = _Member(spec=spec, stage=venv_id(key), after=after, built=threading.Event(), group=countdown)
-            members.append(member)
+            chain.append(member)
             after = member.built
-    return members
+        chains.append(chain)
+    if not interleave:
+        return [member for chain in chains for member in chain]
+    return [chain[i] for i in range(max(map(len, chains), default=0)) for chain in chains if i < len(chain)]
 
 
 def _build_member(
@@ -267,8 +274,8 @@ def _build_member(
     stop: threading.Event,
     registry: RegistryClient | None = None,
 ) -> BuildResult:
-    member.group.start(engine)
     try:
+        member.group.start(engine)
         spec = member.spec
         return _build_one(
             engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, member.stage,
@@ -334,9 +341,13 @@ def _build_one(
             gpus = gpus_wanted(engine, options.gpus)
             reused = None if options.rebuild else _existing(engine, inputs, gpus=gpus)
             if reused is None and (found := _published(registry, spec, inputs, gpus=gpus, log=log)):
+                if on_built:  # nothing to build: the next image of the group need not wait for this one's tags
+                    on_built()
                 return _kept_in_registry(registry, spec, found, say=say, seconds=time.monotonic() - started)
             if reused is not None:
                 image_id, status, report = reused.id, "unchanged", contract.report_from_labels(reused.labels)
+                if on_built:
+                    on_built()
                 console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
             else:
                 base = _base(engine, spec.base_image, console=say, log=log)

@@ -165,9 +165,81 @@ def test_a_build_that_reports_no_image_fails() -> None:
         engine_with(FakeApi(build=stream)).build(b"", log=io.StringIO())
 
 
-def test_a_trace_that_is_not_protobuf_is_a_build_error() -> None:
-    with pytest.raises(BuildError, match="build progress could not be read"):
-        engine_with(FakeApi(build=[{"id": "moby.buildkit.trace", "aux": "CgP/"}])).build(b"", log=io.StringIO())
+def test_a_trace_that_cannot_be_read_is_logged_and_the_build_goes_on() -> None:
+    log = io.StringIO()
+    stream = [{"id": "moby.buildkit.trace", "aux": "CgP/"}, *recorded("two_stages.jsonl")]  # a field longer than its message
+    assert engine_with(FakeApi(build=stream)).build(b"", log=log).startswith("sha256:")
+    assert "a progress message of the engine could not be read" in log.getvalue()
+
+
+def test_the_step_that_failed_is_named_not_the_one_buildkit_cancelled_beside_it() -> None:
+    from torchimages.buildkit import Status, Trace, Vertex
+
+    trace = Trace(io.StringIO())
+    failed = Vertex(
+        "a", name="[venv 4/4] RUN uv pip install", started=1.0, completed=2.0, error="executor failed running [x]: exit code: 1"
+    )
+    cancelled = Vertex("b", name="[stage-1 3/9] RUN apt-get install", started=1.0, completed=2.5, error="context canceled")
+    trace.feed(Status(vertexes=(failed, cancelled)))
+    assert trace.error_step() == "step venv 4/4: RUN uv pip install"
+    trace = Trace(io.StringIO())
+    trace.feed(Status(vertexes=(cancelled, failed)))  # a cancelled step reported first gives way to the real failure
+    assert trace.error_step() == "step venv 4/4: RUN uv pip install"
+
+
+def test_output_split_inside_a_character_or_a_line_is_written_whole() -> None:
+    from torchimages.buildkit import Log, Status, Trace, Vertex
+
+    log = io.StringIO()
+    trace = Trace(log)
+    trace.feed(Status(vertexes=(Vertex("a", name="[2/2] RUN x", started=1.0),)))
+    for piece in (b"caf\xc3", b"\xa9 ", b"au lait\nnext"):
+        trace.feed(Status(logs=(Log("a", 1, piece),)))
+    trace.feed(Status(vertexes=(Vertex("a", name="[2/2] RUN x", started=1.0, completed=2.0),)))
+    assert log.getvalue().splitlines()[1:] == ["#1 café au lait", "#1 next", "#1 DONE 1.0s"]
+
+
+def test_a_fixed_size_field_cut_short_is_a_trace_error() -> None:
+    import base64
+
+    from torchimages.buildkit import TraceError, decode_status
+
+    with pytest.raises(TraceError, match="runs past the end"):
+        decode_status(base64.b64encode(bytes([0x09, 1, 2, 3])).decode())  # field 1, 64-bit, 3 bytes of 8
+
+
+def test_the_build_cache_is_read_again_while_another_reading_runs() -> None:
+    """dockerd before 23 answers a second concurrent `GET /system/df` with an error: it is waited out."""
+    import docker.errors
+
+    class Busy(FakeApi):
+        calls = 0
+
+        def df(self) -> dict:
+            self.calls += 1
+            if self.calls == 1:
+                raise docker.errors.APIError("500 Server Error", explanation="a disk usage operation is already running")
+            return super().df()
+
+    api = Busy(build=recorded("two_stages.jsonl"))
+    engine_with(api).build(b"", log=io.StringIO())
+    assert api.calls >= 3  # refused, before the build, after it
+
+
+def test_parents_as_dockerd_23_lists_them_are_followed() -> None:
+    """From API 1.42 a record names its parents in `Parents` (a list) and leaves `Parent` empty."""
+
+    def record(id: str, description: str, parents: list[str], **flags: bool) -> dict:
+        return {"ID": id, "Parent": "", "Parents": parents, "Description": description, "InUse": False, "Shared": False, **flags}
+
+    api = FakeApi()
+    api.cache = [
+        record("base", "from local ", [], Shared=True),
+        record("req", "fileop target", ["base"]),
+        record("stage", "mount / from exec /bin/sh -c : venv-stage 0123; uv pip install", ["req"]),
+    ]
+    engine_with(api).prune_build_cache("venv-stage 0123;")
+    assert [f["id"][0] for f in api.pruned] == ["stage", "req"]
 
 
 def test_a_build_drops_what_it_added_to_the_build_cache_but_the_stage_it_was_told_to_keep() -> None:

@@ -486,7 +486,7 @@ def _run_members(engine: FakeEngine, specs: list[ImageSpec], tmp_path: Path, *, 
     """The pipeline's scheduling of venv groups, without the wheel fetch before it."""
     wheel_sets: dict[str, WheelSet | WheelError] = {spec.name: WheelSet(lock="torch==2.13.0\n", files=()) for spec in specs}
     options = pipeline.BuildOptions(out_dir=tmp_path, push=push, jobs=jobs)
-    members = pipeline._members(pipeline.venv_groups(specs, wheel_sets))
+    members = pipeline._members(pipeline.venv_groups(specs, wheel_sets), interleave=jobs > 1)
     console = pipeline._Console(io.StringIO().write)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [
@@ -557,3 +557,26 @@ def test_with_one_job_the_flavours_run_one_after_the_other(tmp_path: Path) -> No
     _run_members(engine, [CUDA, devel], tmp_path, jobs=1, push=True)
     assert engine.events[:3] == ["runtime build starts", "runtime build ends", "runtime push waits: True"]
     assert engine.events[3:] == ["devel build starts", "devel build ends"]
+
+
+def test_with_more_jobs_every_groups_first_image_is_submitted_before_any_second() -> None:
+    """A waiting image holds a worker: the CPU group's image must not queue behind the devel image that waits."""
+    devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
+    wheel_sets: dict[str, WheelSet | WheelError] = {CUDA.name: WheelSet(lock="a\n", files=()), devel.name: WheelSet(lock="a\n", files=())}
+    wheel_sets[CPU.name] = WheelSet(lock="b\n", files=())
+    groups = pipeline.venv_groups([CUDA, devel, CPU], wheel_sets)
+    assert [m.spec for m in pipeline._members(groups)] == [CUDA, devel, CPU]
+    interleaved = pipeline._members(groups, interleave=True)
+    assert [m.spec for m in interleaved] == [CUDA, CPU, devel]
+    assert interleaved[2].after is interleaved[0].built and interleaved[0].after is None and interleaved[1].after is None
+
+
+def test_an_image_that_is_reused_lets_the_next_of_its_group_build_at_once(tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(CPU))
+    assert build(engine, CPU, tmp_path).status == "built"
+    built = threading.Event()
+    pipeline._build_one(
+        engine, CPU, WheelSet(lock="torch==2.13.0\n", files=()), pipeline.BuildOptions(out_dir=tmp_path),
+        pipeline._Console(io.StringIO().write), tmp_path, on_built=built.set,
+    )  # fmt: skip
+    assert built.is_set() and engine.builds == 2  # the first run's build and seal; nothing more
