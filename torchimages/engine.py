@@ -284,7 +284,9 @@ class Engine:
         trace = Trace(log, (lambda text: on_step(_short(text))) if on_step else None)
 
         def where() -> tuple[str | None, str]:
-            return (step, "\n".join(tail)) if classic else (trace.error_step(), trace.error_output())
+            """The step that failed (shortened for one line) and its last lines of output."""
+            failed, output = (step, "\n".join(tail)) if classic else (trace.error_step(), trace.error_output())
+            return failed and _short(failed), output
 
         try:
             body = context if isinstance(context, bytes) else self._until_cancelled(context)
@@ -313,18 +315,18 @@ class Engine:
                     message = str(chunk.get("error") or detail.get("message") or "unknown build error").strip()
                     log.write(f"\nERROR: {message}\n")
                     failed_step, output = where()
-                    raise BuildError(message, step=failed_step and _short(failed_step), tail=output)
+                    raise BuildError(message, step=failed_step, tail=output)
         except docker.errors.APIError as exc:
             failed_step, output = where()
-            raise BuildError(str(exc.explanation or exc), step=failed_step and _short(failed_step), tail=output) from None
+            raise BuildError(str(exc.explanation or exc), step=failed_step, tail=output) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
             failed_step, _ = where()
-            raise BuildError(f"lost the Docker engine during the build: {exc}", step=failed_step and _short(failed_step)) from None
+            raise BuildError(f"lost the Docker engine during the build: {exc}", step=failed_step) from None
         finally:
             log.flush()
         if image_id is None:
             failed_step, output = where()
-            raise BuildError("the build finished without reporting an image ID", step=failed_step and _short(failed_step), tail=output)
+            raise BuildError("the build finished without reporting an image ID", step=failed_step, tail=output)
         return image_id
 
     def _post_build(self, params: dict[str, str], body: bytes | Iterable[bytes]) -> Iterator[dict[str, Any]]:
