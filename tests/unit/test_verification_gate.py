@@ -486,7 +486,7 @@ def _run_members(engine: FakeEngine, specs: list[ImageSpec], tmp_path: Path, *, 
     """The pipeline's scheduling of venv groups, without the wheel fetch before it."""
     wheel_sets: dict[str, WheelSet | WheelError] = {spec.name: WheelSet(lock="torch==2.13.0\n", files=()) for spec in specs}
     options = pipeline.BuildOptions(out_dir=tmp_path, push=push, jobs=jobs)
-    members = pipeline._members(pipeline.venv_groups(specs, wheel_sets), interleave=jobs > 1)
+    members = pipeline._members(pipeline.venv_groups(specs, wheel_sets))
     console = pipeline._Console(io.StringIO().write)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [
@@ -508,8 +508,8 @@ def test_a_group_builds_with_its_stage_id_then_prunes_that_stage(tmp_path: Path)
 
 
 class Timeline(FakeEngine):
-    """Records when each image's build starts and ends; the first image's push waits (up to 10 s) for the second
-    image's build to start, as it would when the two overlap."""
+    """Records when each image's build starts and ends; the runtime image's build waits (up to 10 s) for the devel
+    image's build to start, as it does when the two are in flight together."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -525,29 +525,26 @@ class Timeline(FakeEngine):
                 self.events.append(f"{flavour} build starts")
             if flavour == "devel":
                 self.second_building.set()
-        image = super().build(data, log=log, classic=classic, **kwargs)  # type: ignore[arg-type]
+            else:
+                self.events.append(f"runtime build waits: {self.second_building.wait(10)}")
+        with self.lock:
+            image = super().build(data, log=log, classic=classic, **kwargs)  # type: ignore[arg-type]
         if not classic:
             with self.lock:
                 self.events.append(f"{flavour} build ends")
         return image
 
-    def push(self, ref: str, *, log: object) -> str:
-        if "-runtime" in ref and not any("runtime push" in event for event in self.events):  # the runtime image's first push
-            self.events.append(f"runtime push waits: {self.second_building.wait(10)}")
-        with self.lock:
-            return super().push(ref, log=log)
 
-
-def test_with_two_jobs_the_second_flavour_builds_while_the_first_is_verified_and_pushed(tmp_path: Path) -> None:
+def test_with_two_jobs_the_flavours_of_a_venv_group_build_side_by_side(tmp_path: Path) -> None:
+    """The engine runs their shared venv stage once (BuildKit merges the steps in flight: an integration test shows
+    it), so neither waits for the other."""
     devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
     engine = Timeline(verify=verify_output(CUDA))
     results = _run_members(engine, [CUDA, devel], tmp_path, jobs=2, push=True)
     assert [r.status for r in results] == ["built", "built"], [r.error for r in results]
-    # The devel build starts only after the runtime build (the venv stage is in the cache then), and while the
-    # runtime image is being pushed.
-    assert engine.events.index("devel build starts") > engine.events.index("runtime build ends")
-    assert "runtime push waits: True" in engine.events, engine.events
-    assert len(engine.pruned) == 2  # once, after both
+    assert "runtime build waits: True" in engine.events, engine.events
+    assert engine.events.index("devel build starts") < engine.events.index("runtime build ends")
+    assert len(engine.pruned) == 2  # the stage and what else the builds left: once, after both
 
 
 def test_with_one_job_the_flavours_run_one_after_the_other(tmp_path: Path) -> None:
@@ -555,28 +552,21 @@ def test_with_one_job_the_flavours_run_one_after_the_other(tmp_path: Path) -> No
     engine = Timeline(verify=verify_output(CUDA))
     engine.second_building.set()  # nothing to wait for: one worker
     _run_members(engine, [CUDA, devel], tmp_path, jobs=1, push=True)
-    assert engine.events[:3] == ["runtime build starts", "runtime build ends", "runtime push waits: True"]
-    assert engine.events[3:] == ["devel build starts", "devel build ends"]
+    assert engine.events == [
+        "runtime build starts",
+        "runtime build waits: True",
+        "runtime build ends",
+        "devel build starts",
+        "devel build ends",
+    ]
 
 
-def test_with_more_jobs_every_groups_first_image_is_submitted_before_any_second() -> None:
-    """A waiting image holds a worker: the CPU group's image must not queue behind the devel image that waits."""
+def test_images_are_submitted_group_by_group() -> None:
+    """A group's images one after another, so that with as many jobs as it has images they are in flight together."""
     devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
     wheel_sets: dict[str, WheelSet | WheelError] = {CUDA.name: WheelSet(lock="a\n", files=()), devel.name: WheelSet(lock="a\n", files=())}
     wheel_sets[CPU.name] = WheelSet(lock="b\n", files=())
-    groups = pipeline.venv_groups([CUDA, devel, CPU], wheel_sets)
-    assert [m.spec for m in pipeline._members(groups)] == [CUDA, devel, CPU]
-    interleaved = pipeline._members(groups, interleave=True)
-    assert [m.spec for m in interleaved] == [CUDA, CPU, devel]
-    assert interleaved[2].after is interleaved[0].built and interleaved[0].after is None and interleaved[1].after is None
-
-
-def test_an_image_that_is_reused_lets_the_next_of_its_group_build_at_once(tmp_path: Path) -> None:
-    engine = FakeEngine(verify=verify_output(CPU))
-    assert build(engine, CPU, tmp_path).status == "built"
-    built = threading.Event()
-    pipeline._build_one(
-        engine, CPU, WheelSet(lock="torch==2.13.0\n", files=()), pipeline.BuildOptions(out_dir=tmp_path),
-        pipeline._Console(io.StringIO().write), tmp_path, on_built=built.set,
-    )  # fmt: skip
-    assert built.is_set() and engine.builds == 2  # the first run's build and seal; nothing more
+    members = pipeline._members(pipeline.venv_groups([CUDA, CPU, devel], wheel_sets))
+    assert [m.spec for m in members] == [CUDA, devel, CPU]
+    assert members[0].group is members[1].group and members[2].group is not members[0].group
+    assert members[0].stage == members[1].stage != members[2].stage
