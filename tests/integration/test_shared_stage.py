@@ -1,4 +1,5 @@
-"""Two builds in flight that share a stage run it once: the engine's BuildKit merges steps with the same cache key.
+"""Two builds in flight that share a stage run it once: the engine's BuildKit merges steps with the same cache key
+("Merging edges" in moby/buildkit's docs/dev/solver.md: the same source files from different sources are its case).
 
 With `--jobs 2` a venv group's images build side by side and neither waits for the other; what keeps the venv
 install from running twice is this behaviour of the engine, so it is tested on the real one.
