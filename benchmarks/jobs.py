@@ -4,8 +4,8 @@ Each side gets a new dockerd in a network namespace of its own (no layer cache),
 beforehand (not timed), the session's locks and wheelhouse (no index is asked), and builds and verifies
 the three images with `--rebuild`, without pushing. The test matrix has two venv groups (the CPU image;
 the CUDA runtime and devel images, which share one venv stage): with two jobs, the CPU image and the runtime
-image start together, and the devel image when the CPU image is done (sharing the runtime image's venv stage,
-in flight or cached). The sides alternate, RUNS times each.
+image start together, and the devel image once a worker is free and the runtime image's build has built the venv
+stage (which it takes from the cache), beside the rest of that build. The sides alternate, RUNS times each.
 
 Prints each side's median, the ratio, and what bounds it on this machine: how much the disks were written per
 second and how much of the time the busiest one had I/O in flight (a build that keeps the disk busy all the time

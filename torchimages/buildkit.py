@@ -150,6 +150,7 @@ class Trace:
 
     log: TextIO
     on_step: Callable[[str], None] | None = None
+    on_done: Callable[[str], None] | None = None  # each vertex's name once it has completed, built or cached
     numbers: dict[str, int] = field(default_factory=dict)
     vertexes: dict[str, Vertex] = field(default_factory=dict)
     tails: dict[str, list[str]] = field(default_factory=dict)
@@ -180,11 +181,14 @@ class Trace:
                 if self.failed is None or _CANCELLED in self.vertexes[self.failed].error:
                     self.failed = vertex.digest
                 self.log.write(f"#{number} ERROR: {vertex.error}\n")
-            elif vertex.cached:
-                self.log.write(f"#{number} CACHED\n")
             else:
-                took = vertex.completed - (vertex.started if vertex.started is not None else vertex.completed)
-                self.log.write(f"#{number} DONE {took:.1f}s\n")
+                if vertex.cached:
+                    self.log.write(f"#{number} CACHED\n")
+                else:
+                    took = vertex.completed - (vertex.started if vertex.started is not None else vertex.completed)
+                    self.log.write(f"#{number} DONE {took:.1f}s\n")
+                if self.on_done:
+                    self.on_done(vertex.name)
 
     def _output(self, log: Log) -> None:
         """Output comes in pieces that may split a line, or a character: whole lines are written."""

@@ -243,6 +243,7 @@ class Engine:
         classic: bool = False,
         keep: str | None = None,
         drop_cache: bool = True,
+        on_done: Callable[[str], None] | None = None,
     ) -> str:
         """Build from a context tar (bytes, or chunks streamed as they come); return the image ID.
 
@@ -252,8 +253,9 @@ class Engine:
         image is gone; with drop_cache, what this build added goes when it ends, except the steps whose command
         holds keep and the steps under them (a stage the next build reuses: prune_build_cache removes it).
         classic: Docker's classic builder, for a build of one step (the seal). Output goes to log, in the shape of
-        `--progress=plain`; each step to on_step. Wheels travel in the context: nothing is fetched from this
-        machine's network.
+        `--progress=plain`; each step to on_step, and each step's name (as BuildKit gives it: `[venv 4/4] RUN …`)
+        to on_done once it has completed, built or taken from the cache (BuildKit only). Wheels travel in the
+        context: nothing is fetched from this machine's network.
         """
         self._check(None, "the build")
         before = None
@@ -269,19 +271,26 @@ class Engine:
             self._require_buildkit()
             params.update(version="2", networkmode=self._build_network())
         try:
-            return self._read_build(context, params, log=log, on_step=on_step, classic=classic)
+            return self._read_build(context, params, log=log, on_step=on_step, classic=classic, on_done=on_done)
         finally:
             if before is not None:
                 with suppress(EngineError):
                     self.drop_build_cache(before, keep=keep, settle=3)
 
     def _read_build(
-        self, context: bytes | Iterable[bytes], params: dict[str, str], *, log: TextIO, on_step: Callable[[str], None] | None, classic: bool
+        self,
+        context: bytes | Iterable[bytes],
+        params: dict[str, str],
+        *,
+        log: TextIO,
+        on_step: Callable[[str], None] | None,
+        classic: bool,
+        on_done: Callable[[str], None] | None = None,
     ) -> str:
         step: str | None = None
         image_id: str | None = None
         tail: list[str] = []
-        trace = Trace(log, (lambda text: on_step(_short(text))) if on_step else None)
+        trace = Trace(log, (lambda text: on_step(_short(text))) if on_step else None, on_done)
 
         def where() -> tuple[str | None, str]:
             """The step that failed (shortened for one line) and its last lines of output."""

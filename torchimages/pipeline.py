@@ -97,13 +97,15 @@ def build_images(
             if meter:
                 meter.close()
         with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-            # The images of a venv group are submitted one after another, so that with two jobs or more they build
-            # side by side: BuildKit runs a step that two builds in flight share once (its solver merges steps with
-            # the same cache key), and a build that comes later finds the stage in its cache. Either way the group's
-            # images get the very same venv layer, and no worker waits for another.
+            # Images that share a venv stage build one after another, so the second finds the first's stage in the
+            # engine's cache and both get the very same venv layer: the second's build waits for the first's venv
+            # stage, not for the rest of its build, its verification and push. Not sooner: two builds in flight would
+            # share the stage's step (BuildKit merges it), and dockerd 20.10's BuildKit then kills it for both when
+            # the build that runs it fails in a step of its own. Groups build side by side. Submitted in order, so
+            # that an image only ever waits for one that a worker already runs.
             futures = [
                 pool.submit(_build_member, engine, member, wheel_sets, options, console, logs, source, stop, registry)
-                for member in _members(venv_groups(specs, wheel_sets))
+                for member in _members(venv_groups(specs, wheel_sets), interleave=options.jobs > 1)
             ]
             for future in futures:
                 result = future.result()
@@ -235,20 +237,33 @@ class _Countdown:
 
 @dataclass(frozen=True)
 class _Member:
-    """One image of a venv group; the group's last image to finish removes the stage from the build cache."""
+    """One image of a venv group: it builds once the image before it in the group has built its venv stage (the
+    stage is then in the engine's build cache), and the group's last image to finish removes the stage from that
+    cache."""
 
     spec: ImageSpec
     stage: str  # venv_id of the group
+    after: threading.Event | None  # set when the previous image of the group has built its venv stage (or ended)
+    built: threading.Event
     group: _Countdown
 
 
-def _members(groups: dict[tuple[str, ...], list[ImageSpec]]) -> list[_Member]:
-    """The images in the order they are submitted: group by group, a group's images one after another."""
-    members = []
+def _members(groups: dict[tuple[str, ...], list[ImageSpec]], *, interleave: bool = False) -> list[_Member]:
+    """The images in the order they are submitted: group by group (one job: a venv stage is in the cache no
+    longer than its group needs it), or interleaved (every group's first image, then every second, ...: a
+    waiting image holds a worker, so the groups' first images go first). Either way an image only ever waits
+    for one submitted before it, so no worker waits for a task that no worker runs."""
+    chains = []
     for key, group in groups.items():
-        countdown = _Countdown(len(group))
-        members += [_Member(spec=spec, stage=venv_id(key), group=countdown) for spec in group]
-    return members
+        countdown, after, chain = _Countdown(len(group)), None, []
+        for spec in group:
+            member = _Member(spec=spec, stage=venv_id(key), after=after, built=threading.Event(), group=countdown)
+            chain.append(member)
+            after = member.built
+        chains.append(chain)
+    if not interleave:
+        return [member for chain in chains for member in chain]
+    return [chain[i] for i in range(max(map(len, chains), default=0)) for chain in chains if i < len(chain)]
 
 
 def _build_member(
@@ -265,8 +280,12 @@ def _build_member(
     try:
         member.group.start(engine)
         spec = member.spec
-        return _build_one(engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, member.stage)
+        return _build_one(
+            engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, member.stage,
+            after=member.after, on_built=member.built.set,
+        )  # fmt: skip
     finally:
+        member.built.set()
         if member.group.done():
             # The group's venv stage; then whatever else its builds left that is no longer in use (a build drops its
             # own records as it ends, but dockerd may not have let them go yet). Other groups' stages stay.
@@ -287,6 +306,9 @@ def _build_one(
     stop: threading.Event | None = None,
     registry: RegistryClient | None = None,
     stage: str = "unlocked",
+    *,
+    after: threading.Event | None = None,
+    on_built: Callable[[], None] | None = None,
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
@@ -322,9 +344,13 @@ def _build_one(
             gpus = gpus_wanted(engine, options.gpus)
             reused = None if options.rebuild else _existing(engine, inputs, gpus=gpus)
             if reused is None and (found := _published(registry, spec, inputs, gpus=gpus, log=log)):
+                if on_built:  # nothing to build: the next image of the group need not wait for this one's tags
+                    on_built()
                 return _kept_in_registry(registry, spec, found, say=say, seconds=time.monotonic() - started)
             if reused is not None:
                 image_id, status, report = reused.id, "unchanged", contract.report_from_labels(reused.labels)
+                if on_built:
+                    on_built()
                 console(spec.name, f"unchanged: reusing verified image {image_id[:19]}")
             else:
                 base = _base(engine, spec.base_image, console=say, log=log)
@@ -333,11 +359,22 @@ def _build_one(
                 if pulled != bases:  # a tag moved between the registry's answer and the pull: the hash names what is built
                     log.write(f"a base moved since the registry was asked ({bases} -> {pulled}): the build hash names the pulled one\n")
                     inputs = build_hash(small, *pulled, platform)
+                if after is not None and not after.is_set():
+                    console(spec.name, "waiting for the previous image of its venv group to build the venv stage")
+                    while not after.wait(0.5):
+                        if stopped():
+                            return cancelled("before it started")
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
                 context = context_stream(files, wheels={name: options.wheelhouse / name for name in wheel_set.files})
-                built = engine.build(context, log=log, labels=labels, on_step=lambda step: console(spec.name, step), keep=STAGE_MARK)
+                mark = f"{STAGE_MARK}{stage};"
+                built = engine.build(
+                    context, log=log, labels=labels, on_step=lambda step: console(spec.name, step), keep=STAGE_MARK,
+                    on_done=(lambda name: on_built() if mark in name else None) if on_built else None,
+                )  # fmt: skip
+                if on_built:
+                    on_built()
                 unsealed.append(built)
                 console(spec.name, "verifying (torch-verify inside the image)")
                 report = run_verify(engine, built, gpus=gpus)

@@ -125,6 +125,22 @@ def test_a_buildkit_build_reports_the_image_id_and_each_step_that_runs() -> None
     assert "+ cat /tmp/wheels/a.txt" in log.getvalue() and "hello" in log.getvalue()
 
 
+def test_each_step_is_reported_done_once_with_the_name_buildkit_gives_it() -> None:
+    """What lets the next image of a venv group start once the venv stage is built (the pipeline looks for its mark)."""
+    done: list[str] = []
+    engine_with(FakeApi(build=recorded("two_stages.jsonl"))).build(b"", log=io.StringIO(), on_done=done.append)
+    assert len(done) == len(set(done)) and done[0] == "[internal] load remote build context", done
+    venv = next(i for i, name in enumerate(done) if name.startswith("[venv 2/2]"))
+    assert done.index(next(name for name in done if name.startswith("[stage-1 3/3]"))) > venv
+
+
+def test_a_step_that_fails_is_not_reported_done() -> None:
+    done: list[str] = []
+    with pytest.raises(BuildError):
+        engine_with(FakeApi(build=recorded("uv_fails.jsonl"))).build(b"", log=io.StringIO(), on_done=done.append)
+    assert done and not any(name.startswith("[venv") and "RUN" in name and "uv" in name for name in done), done
+
+
 def test_an_engine_without_a_bridge_builds_on_the_hosts_network() -> None:
     class NoBridge(FakeApi):
         def networks(self, names: list[str]) -> list[dict]:

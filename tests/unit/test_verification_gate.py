@@ -7,7 +7,7 @@ import json
 import shlex
 import tarfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ import pytest
 
 from torchimages import labels as contract
 from torchimages import pipeline
-from torchimages.engine import Cancelled, ImageInfo, RunResult
+from torchimages.engine import BuildError, Cancelled, ImageInfo, RunResult
 from torchimages.matrix import load_matrix
 from torchimages.model import BuildResult, ImageSpec
 from torchimages.registry import Manifest, RegistryError, RemoteImage
@@ -97,13 +97,16 @@ class FakeEngine:
 
     def build(
         self, context: bytes | Iterable[bytes], *, log: object, labels: dict[str, str] | None = None, on_step: object = None,
-        classic: bool = False, keep: str | None = None,
+        classic: bool = False, keep: str | None = None, on_done: Callable[[str], None] | None = None,
     ) -> str:  # fmt: skip
         data = context if isinstance(context, bytes) else b"".join(context)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = tar.extractfile("Dockerfile")
             assert member is not None
             dockerfile = member.read().decode()
+        stage_step = next((line for line in dockerfile.splitlines() if ": venv-stage " in line), None)
+        if on_done and stage_step:  # BuildKit reports the venv stage's install step done, as BuildKit names it
+            self.stage_built(on_done, "[venv 4/4] RUN --mount=type=bind,source=wheels,target=/tmp/wheels set -eux; " + stage_step.strip())
         parent = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")][-1]  # the image's own stage
         if parent in BASES:  # the image's own Dockerfile: its labels are the promise
             inherited = dict(self.base_labels)
@@ -149,6 +152,9 @@ class FakeEngine:
 
     def prune_build_cache(self, marker: str) -> None:
         self.pruned.append(marker)
+
+    def stage_built(self, on_done: Callable[[str], None], name: str) -> None:
+        on_done(name)
 
     def build_cache_ids(self) -> set[str]:
         return {"older"}
@@ -486,7 +492,7 @@ def _run_members(engine: FakeEngine, specs: list[ImageSpec], tmp_path: Path, *, 
     """The pipeline's scheduling of venv groups, without the wheel fetch before it."""
     wheel_sets: dict[str, WheelSet | WheelError] = {spec.name: WheelSet(lock="torch==2.13.0\n", files=()) for spec in specs}
     options = pipeline.BuildOptions(out_dir=tmp_path, push=push, jobs=jobs)
-    members = pipeline._members(pipeline.venv_groups(specs, wheel_sets))
+    members = pipeline._members(pipeline.venv_groups(specs, wheel_sets), interleave=jobs > 1)
     console = pipeline._Console(io.StringIO().write)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [
@@ -508,43 +514,66 @@ def test_a_group_builds_with_its_stage_id_then_prunes_that_stage(tmp_path: Path)
 
 
 class Timeline(FakeEngine):
-    """Records when each image's build starts and ends; the runtime image's build waits (up to 10 s) for the devel
-    image's build to start, as it does when the two are in flight together."""
+    """Records when each image's build starts, reports its venv stage done, and ends. After its stage, the runtime
+    image's build waits (up to 10 s) for the devel image's build to start, as it does when the two overlap; with
+    fail_runtime it then fails, as a step of its own would."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, *, fail_runtime: bool = False, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.events: list[str] = []
         self.second_building = threading.Event()
         self.lock = threading.Lock()
+        self.fail_runtime = fail_runtime
+
+    @staticmethod
+    def flavour(data: bytes) -> str:
+        return "devel" if b"-devel-" in data.split(b"# Stage 2")[-1].split(b"\n", 2)[1] else "runtime"
+
+    def stage_built(self, on_done: Callable[[str], None], name: str) -> None:
+        self.events.append("stage done")
+        on_done(name)
 
     def build(self, context: bytes | Iterable[bytes], *, log: object, classic: bool = False, **kwargs: object) -> str:
         data = context if isinstance(context, bytes) else b"".join(context)
-        flavour = "devel" if b"-devel-" in data.split(b"# Stage 2")[-1].split(b"\n", 2)[1] else "runtime"
+        flavour = self.flavour(data)
         if not classic:
             with self.lock:
                 self.events.append(f"{flavour} build starts")
             if flavour == "devel":
                 self.second_building.set()
-            else:
-                self.events.append(f"runtime build waits: {self.second_building.wait(10)}")
         with self.lock:
             image = super().build(data, log=log, classic=classic, **kwargs)  # type: ignore[arg-type]
+        if not classic and flavour == "runtime":
+            self.events.append(f"runtime build waits: {self.second_building.wait(10)}")
+            if self.fail_runtime:
+                self.events.append("runtime build fails")
+                raise BuildError("the command exited 3", step="step stage-1 3/11: RUN ...")
         if not classic:
             with self.lock:
                 self.events.append(f"{flavour} build ends")
         return image
 
 
-def test_with_two_jobs_the_flavours_of_a_venv_group_build_side_by_side(tmp_path: Path) -> None:
-    """The engine runs their shared venv stage once (BuildKit merges the steps in flight: an integration test shows
-    it), so neither waits for the other."""
+def test_with_two_jobs_the_second_flavour_builds_once_the_first_has_built_the_venv_stage(tmp_path: Path) -> None:
+    """Not before (two builds in flight share the stage's step, and dockerd 20.10 kills it for both when the one that
+    runs it fails), and not after the rest of the first image's build, its verification and push."""
     devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
     engine = Timeline(verify=verify_output(CUDA))
     results = _run_members(engine, [CUDA, devel], tmp_path, jobs=2, push=True)
     assert [r.status for r in results] == ["built", "built"], [r.error for r in results]
-    assert "runtime build waits: True" in engine.events, engine.events
-    assert engine.events.index("devel build starts") < engine.events.index("runtime build ends")
-    assert len(engine.pruned) == 2  # the stage and what else the builds left: once, after both
+    events = engine.events
+    assert events.index("stage done") < events.index("devel build starts") < events.index("runtime build ends"), events
+    assert "runtime build waits: True" in events, events
+    assert len(engine.pruned) == 2  # once, after both
+
+
+def test_the_second_flavour_builds_when_the_first_fails_after_its_venv_stage(tmp_path: Path) -> None:
+    devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
+    engine = Timeline(verify=verify_output(CUDA), fail_runtime=True)
+    results = _run_members(engine, [CUDA, devel], tmp_path, jobs=2, push=True)
+    assert [r.status for r in results] == ["failed", "built"], [r.error for r in results]
+    assert "exited 3" in (results[0].error or "")
+    assert engine.events.index("devel build starts") < engine.events.index("runtime build fails"), engine.events
 
 
 def test_with_one_job_the_flavours_run_one_after_the_other(tmp_path: Path) -> None:
@@ -553,20 +582,29 @@ def test_with_one_job_the_flavours_run_one_after_the_other(tmp_path: Path) -> No
     engine.second_building.set()  # nothing to wait for: one worker
     _run_members(engine, [CUDA, devel], tmp_path, jobs=1, push=True)
     assert engine.events == [
-        "runtime build starts",
-        "runtime build waits: True",
-        "runtime build ends",
-        "devel build starts",
-        "devel build ends",
-    ]
+        "runtime build starts", "stage done", "runtime build waits: True", "runtime build ends",
+        "devel build starts", "stage done", "devel build ends",
+    ]  # fmt: skip
 
 
-def test_images_are_submitted_group_by_group() -> None:
-    """A group's images one after another, so that with as many jobs as it has images they are in flight together."""
+def test_with_more_jobs_every_groups_first_image_is_submitted_before_any_second() -> None:
+    """A waiting image holds a worker: the CPU group's image must not queue behind the devel image that waits."""
     devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
     wheel_sets: dict[str, WheelSet | WheelError] = {CUDA.name: WheelSet(lock="a\n", files=()), devel.name: WheelSet(lock="a\n", files=())}
     wheel_sets[CPU.name] = WheelSet(lock="b\n", files=())
-    members = pipeline._members(pipeline.venv_groups([CUDA, CPU, devel], wheel_sets))
-    assert [m.spec for m in members] == [CUDA, devel, CPU]
-    assert members[0].group is members[1].group and members[2].group is not members[0].group
-    assert members[0].stage == members[1].stage != members[2].stage
+    groups = pipeline.venv_groups([CUDA, devel, CPU], wheel_sets)
+    assert [m.spec for m in pipeline._members(groups)] == [CUDA, devel, CPU]
+    interleaved = pipeline._members(groups, interleave=True)
+    assert [m.spec for m in interleaved] == [CUDA, CPU, devel]
+    assert interleaved[2].after is interleaved[0].built and interleaved[0].after is None and interleaved[1].after is None
+
+
+def test_an_image_that_is_reused_lets_the_next_of_its_group_build_at_once(tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(CPU))
+    assert build(engine, CPU, tmp_path).status == "built"
+    built = threading.Event()
+    pipeline._build_one(
+        engine, CPU, WheelSet(lock="torch==2.13.0\n", files=()), pipeline.BuildOptions(out_dir=tmp_path),
+        pipeline._Console(io.StringIO().write), tmp_path, on_built=built.set,
+    )  # fmt: skip
+    assert built.is_set() and engine.builds == 2  # the first run's build and seal; nothing more
