@@ -14,6 +14,8 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -41,12 +43,37 @@ def _context(base: str, stage: str, flavour: str, *, own_step: str = "", beside:
     return b"".join(context_stream({"Dockerfile": dockerfile.encode(), "flavour": flavour.encode(), "wheels/w": b"same\n"}))
 
 
-def test_the_next_build_takes_the_stage_once_reported_done_even_when_the_first_build_then_fails(
-    engine: Engine, built: list[BuildResult]
-) -> None:
+@dataclass
+class Shared:
+    base: str
+    stage: str  # new in every run: no earlier run's cache can answer
+    images: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture()
+def shared(engine: Engine, built: list[BuildResult]) -> Iterator[Shared]:
+    """A stage mark of the test's own; afterwards its builds' cache records and images are gone."""
+    before = engine.build_cache_ids()
     base = next(r.spec for r in built if r.spec.cuda is None).venv_base_image
-    stage = f"venv-stage shared-{uuid.uuid4().hex[:12]}"  # new in every run: no earlier run's cache can answer
-    before, images, errors, events, logs = engine.build_cache_ids(), {}, {}, [], {"runtime": io.StringIO(), "devel": io.StringIO()}
+    case = Shared(base=base, stage=f"venv-stage shared-{uuid.uuid4().hex[:12]}")
+    yield case
+    engine.prune_build_cache(f"{case.stage};")
+    engine.drop_build_cache(before, settle=3)
+    for image in case.images.values():
+        engine.remove_image(image, force=True)
+
+
+def _joined(*threads: threading.Thread) -> None:
+    for thread in threads:
+        if thread.ident is not None:
+            thread.join()
+
+
+def test_the_next_build_takes_the_stage_once_reported_done_even_when_the_first_build_then_fails(engine: Engine, shared: Shared) -> None:
+    base, stage, images = shared.base, shared.stage, shared.images
+    errors: dict[str, str] = {}
+    events: list[str] = []
+    logs = {"runtime": io.StringIO(), "devel": io.StringIO()}
     stage_done = threading.Event()
 
     def build(flavour: str, own_step: str = "") -> None:
@@ -78,23 +105,14 @@ def test_the_next_build_takes_the_stage_once_reported_done_even_when_the_first_b
         step = re.search(r"^#(\d+) \[venv 2/2\] RUN", logs["devel"].getvalue(), re.M)
         assert step and f"#{step.group(1)} CACHED" in logs["devel"].getvalue(), logs["devel"].getvalue()
     finally:
-        for thread in (first, second):
-            if thread.is_alive() or thread.ident is not None:
-                thread.join()
-        engine.prune_build_cache(f"{stage};")
-        engine.drop_build_cache(before, settle=3)
-        for image in images.values():
-            engine.remove_image(image, force=True)
+        _joined(first, second)
 
 
-def test_on_this_engine_a_step_two_builds_share_in_flight_fails_with_the_build_that_runs_it(
-    engine: Engine, built: list[BuildResult]
-) -> None:
+def test_on_this_engine_a_step_two_builds_share_in_flight_fails_with_the_build_that_runs_it(engine: Engine, shared: Shared) -> None:
     """Why the next image does not start sooner: the second build, started while the first runs the stage's step,
     fails when the first fails in a step of its own, although nothing of its own failed."""
-    base = next(r.spec for r in built if r.spec.cuda is None).venv_base_image
-    stage = f"venv-stage shared-{uuid.uuid4().hex[:12]}"
-    before, images, errors = engine.build_cache_ids(), {}, {}
+    base, stage, images = shared.base, shared.stage, shared.images
+    errors: dict[str, str] = {}
 
     def build(flavour: str, beside: str) -> None:
         try:
@@ -114,10 +132,4 @@ def test_on_this_engine_a_step_two_builds_share_in_flight_fails_with_the_build_t
         assert "exited 3" in errors.get("runtime", ""), errors
         assert "devel" in errors, "the devel build survived: this engine no longer kills a shared step with its build"
     finally:
-        for thread in (first, second):
-            if thread.ident is not None:
-                thread.join()
-        engine.prune_build_cache(f"{stage};")
-        engine.drop_build_cache(before, settle=3)
-        for image in images.values():
-            engine.remove_image(image, force=True)
+        _joined(first, second)
