@@ -166,10 +166,10 @@ class Engine:
         """Stop what runs: a build or push stream is closed (dockerd then cancels it), a container is killed."""
         self.cancelled.set()
 
-    def _until_cancelled(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    def _until_cancelled(self, chunks: Iterable[bytes], what: str = "sending the build context") -> Iterator[bytes]:
         """A request body that ends the upload (and with it the request) once cancel() is called."""
         for chunk in chunks:
-            self._check(None, "sending the build context")
+            self._check(None, what)
             yield chunk
 
     def _check(self, stream: Any, what: str, *, image_id: str | None = None) -> None:
@@ -244,6 +244,7 @@ class Engine:
         keep: str | None = None,
         drop_cache: bool = True,
         on_done: Callable[[str], None] | None = None,
+        buildargs: dict[str, str] | None = None,
     ) -> str:
         """Build from a context tar (bytes, or chunks streamed as they come); return the image ID.
 
@@ -265,6 +266,8 @@ class Engine:
             except EngineError as exc:  # the build can go on; what it leaves in the cache stays there
                 log.write(f"not dropping this build's cache records afterwards: {exc}\n")
         params: dict[str, str] = {"labels": json.dumps(labels or {})}
+        if buildargs:
+            params["buildargs"] = json.dumps(buildargs)
         if classic:
             params.update(rm="1", forcerm="1")
         else:
@@ -483,6 +486,27 @@ class Engine:
             tagged = self._api.tag(image_id, repository, tag)
         if not tagged:
             raise EngineError(f"the engine refused to tag {image_id} as {ref}")
+
+    def import_image(self, rootfs: Iterable[bytes], ref: str) -> str:
+        """Make a one-layer image of a root file system tar (`docker import`), sent a chunk at a time as it comes;
+        return its ID. dockerd registers the layer as it reads the request: the files are written once."""
+        repository, tag = split_ref(ref)
+        self._check(None, f"sending {ref}")
+        body = self._until_cancelled(rootfs, f"sending {ref}")
+        with _engine_errors(f"cannot import {ref}"):
+            response = self._api._post(
+                self._api._url("/images/create"), data=body, headers={"Content-Type": "application/tar"},
+                params={"fromSrc": "-", "repo": repository, "tag": tag}, stream=True, timeout=None,
+            )  # fmt: skip
+            self._api._raise_for_status(response)
+            for chunk in self._api._stream_helper(response, decode=True):
+                if "error" in chunk or "errorDetail" in chunk:
+                    message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))
+                    raise EngineError(f"cannot import {ref}: {message.strip()}")
+        info = self.image(ref)
+        if info is None:
+            raise EngineError(f"the import of {ref} left no image")
+        return info.id
 
     def remove_image(self, ref: str, *, force: bool = False) -> None:
         with _engine_errors(f"cannot remove {ref}"), suppress(docker.errors.ImageNotFound):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import signal
 import threading
 import time
@@ -214,13 +215,48 @@ def venv_id(key: tuple[str, ...]) -> str:
     return hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
 
 
-class _Countdown:
-    """How many images of a venv group are still to finish, and the engine's build cache when the first started."""
+WHEELS_REPOSITORY = "torch-images-wheels"
 
-    def __init__(self, count: int) -> None:
+
+class _Countdown:
+    """How many images of a venv group are still to finish, the engine's build cache when the first started, and the
+    group's wheels image once one of its builds has sent it."""
+
+    def __init__(self, count: int, stage: str = "unlocked") -> None:
         self._left = count
         self._lock = threading.Lock()
         self.cache_before: set[str] | None = None
+        self._stage = stage
+        self._wheels_lock = threading.Lock()
+        self.wheels_ref: str | None = None
+
+    def wheels(self, engine: Engine, files: dict[str, Path], *, say: Callable[[str], None], log: TextIO) -> str:
+        """The group's wheels image, sent to the engine by the first build that needs it: the wheels under /wheels,
+        one layer, that the venv stage mounts. One import per group, not a context per image: the flavours share
+        the wheels, which cross to the engine once. Its tag is this run's own (another run on the same engine
+        removes only its own); it goes with the group (release)."""
+        with self._wheels_lock:
+            if self.wheels_ref is None:
+                ref = f"{WHEELS_REPOSITORY}:{self._stage}-{secrets.token_hex(4)}"
+                size = sum(path.stat().st_size for path in files.values())
+                say(f"sending the wheels to the engine as {ref} ({len(files)} files, {size / 1e9:.2f} GB)")
+                started = time.monotonic()
+                try:
+                    image_id = engine.import_image(context_stream({}, wheels=files), ref)
+                except BaseException:
+                    with suppress(EngineError):  # an interrupted import may still have made the image
+                        engine.remove_image(ref, force=True)
+                    raise
+                log.write(f"wheels: {ref} is {image_id} ({len(files)} files, {size} bytes, {time.monotonic() - started:.1f} s)\n")
+                self.wheels_ref = ref
+            return self.wheels_ref
+
+    def release(self, engine: Engine) -> None:
+        """Remove the group's wheels image, if one was sent."""
+        with self._wheels_lock:
+            if self.wheels_ref is not None:
+                engine.remove_image(self.wheels_ref, force=True)
+                self.wheels_ref = None
 
     def start(self, engine: Engine) -> None:
         with self._lock:
@@ -255,7 +291,7 @@ def _members(groups: dict[tuple[str, ...], list[ImageSpec]], *, interleave: bool
     for one submitted before it, so no worker waits for a task that no worker runs."""
     chains = []
     for key, group in groups.items():
-        countdown, after, chain = _Countdown(len(group)), None, []
+        countdown, after, chain = _Countdown(len(group), venv_id(key)), None, []
         for spec in group:
             member = _Member(spec=spec, stage=venv_id(key), after=after, built=threading.Event(), group=countdown)
             chain.append(member)
@@ -282,17 +318,20 @@ def _build_member(
         spec = member.spec
         return _build_one(
             engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, member.stage,
-            after=member.after, on_built=member.built.set,
+            after=member.after, on_built=member.built.set, group=member.group,
         )  # fmt: skip
     finally:
         member.built.set()
         if member.group.done():
             # The group's venv stage; then whatever else its builds left that is no longer in use (a build drops its
-            # own records as it ends, but dockerd may not have let them go yet). Other groups' stages stay.
+            # own records as it ends, but dockerd may not have let them go yet). Other groups' stages stay. Then the
+            # group's wheels image.
             with suppress(EngineError):
                 engine.prune_build_cache(f"{STAGE_MARK}{member.stage};")
                 if member.group.cache_before is not None:
                     engine.drop_build_cache(member.group.cache_before, keep=STAGE_MARK)
+            with suppress(EngineError):
+                member.group.release(engine)
 
 
 def _build_one(
@@ -309,9 +348,12 @@ def _build_one(
     *,
     after: threading.Event | None = None,
     on_built: Callable[[], None] | None = None,
+    group: _Countdown | None = None,
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
+    own_group = group is None  # an image built on its own: its wheels image goes when it is done
+    group = group or _Countdown(1, stage)
 
     # What has happened for good, so that a failure later on is reported with it (verified, then pushed, then failed).
     done: dict[str, object] = {}
@@ -364,14 +406,16 @@ def _build_one(
                     while not after.wait(0.5):
                         if stopped():
                             return cancelled("before it started")
+                wheels = {name: options.wheelhouse / name for name in wheel_set.files}
+                wheels_ref = group.wheels(engine, wheels, say=say, log=log)
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
-                context = context_stream(files, wheels={name: options.wheelhouse / name for name in wheel_set.files})
                 mark = f"{STAGE_MARK}{stage};"
                 built = engine.build(
-                    context, log=log, labels=labels, on_step=lambda step: console(spec.name, step), keep=STAGE_MARK,
+                    small, log=log, labels=labels, on_step=lambda step: console(spec.name, step), keep=STAGE_MARK,
                     on_done=(lambda name: on_built() if mark in name else None) if on_built else None,
+                    buildargs={"WHEELS": wheels_ref},
                 )  # fmt: skip
                 if on_built:
                     on_built()
@@ -427,6 +471,9 @@ def _build_one(
         finally:
             for image in unsealed:  # built but never sealed (failed, crashed, interrupted): no later run or user may find it
                 _discard(engine, image, log)
+            if own_group:
+                with suppress(EngineError):
+                    group.release(engine)
 
 
 def _base_identity(engine: Engine, ref: str, registry: RegistryClient | None, *, console: Callable[[str], None], log: TextIO) -> str:

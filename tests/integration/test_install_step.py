@@ -10,7 +10,7 @@ import pytest
 from torchimages.engine import BuildError, Engine
 from torchimages.lock import read_lock
 from torchimages.model import UV, BuildResult
-from torchimages.render import context_files, context_stream, render_dockerfile
+from torchimages.render import context_files, context_stream, context_tar, render_dockerfile
 from torchimages.testing.containers import dangling_images
 
 pytestmark = pytest.mark.integration
@@ -18,10 +18,8 @@ WHEELHOUSE = Path(__file__).parents[2] / "build" / "wheelhouse"
 
 
 @pytest.mark.parametrize("swapped", [UV, "pyyaml"])
-def test_a_file_swapped_in_the_context_fails_the_venv_stage(
-    engine: Engine, built: list[BuildResult], build_dir: Path, swapped: str
-) -> None:
-    """The context names uv's wheel and pyyaml's; one of them carries another wheel's bytes (tqdm's)."""
+def test_a_file_swapped_in_the_wheels_fails_the_venv_stage(engine: Engine, built: list[BuildResult], build_dir: Path, swapped: str) -> None:
+    """The wheels image names uv's wheel and pyyaml's; one of them carries another wheel's bytes (tqdm's)."""
     spec = next(r.spec for r in built if r.spec.cuda is None)
     lock = read_lock(build_dir / "locks", spec)
     assert lock is not None and spec.installer == UV
@@ -30,11 +28,13 @@ def test_a_file_swapped_in_the_context_fails_the_venv_stage(
     wheels = {files[name].filename: WHEELHOUSE / files[name].filename for name in (UV, "pyyaml")}
     wheels[files[swapped].filename] = WHEELHOUSE / files["tqdm"].filename
     context = context_files(spec, dockerfile=render_dockerfile(spec), requirements=requirements, installer=lock.installer)
-    log, before = io.StringIO(), dangling_images()
+    log, before, ref = io.StringIO(), dangling_images(), f"torch-images-wheels:swapped-{swapped}"
     try:
+        engine.import_image(context_stream({}, wheels=wheels), ref)
         with pytest.raises(BuildError):
-            engine.build(context_stream(context, wheels=wheels), log=log)
-    finally:  # the build drops its own build cache records; an untagged image it left goes here
+            engine.build(context_tar(context), log=log, buildargs={"WHEELS": ref})
+    finally:  # the build drops its own build cache records; the wheels image and an untagged image it left go here
+        engine.remove_image(ref, force=True)
         for image in dangling_images() - before:
             engine.remove_image(image, force=True)
     output = log.getvalue()

@@ -34,7 +34,7 @@ def test_same_spec_gives_identical_bytes(spec) -> None:
 def test_labels_come_last_and_sorted(spec) -> None:
     text = render.render_dockerfile(spec)
     instructions = [line.split()[0] for line in text.splitlines() if line and not line[0].isspace() and not line.startswith("#")]
-    assert instructions[0] == "FROM" and instructions[-1] == "LABEL"
+    assert instructions[:3] == ["ARG", "FROM", "FROM"] and instructions[-1] == "LABEL"  # ARG WHEELS, its stage, the venv
     keys = [line.split("=")[0].strip().removeprefix("LABEL ").strip() for line in text[text.rindex("LABEL ") :].splitlines()]
     assert keys == sorted(keys)
 
@@ -119,14 +119,16 @@ def test_the_runtime_and_devel_images_render_the_same_venv_stage() -> None:
 
 
 def test_the_install_step_mounts_the_wheels_and_names_its_stage(spec) -> None:
-    """No layer holds the wheels: the install step mounts them from the context (BuildKit); the stage's id is in its
-    command, where the build finds the stage's cache records to remove them."""
+    """No layer holds the wheels: the install step mounts them from the wheels image the build names in its WHEELS
+    argument (BuildKit), so the context carries none; the stage's id is in its command, where the build finds the
+    stage's cache records to remove them."""
     for image in (spec, replace(spec, python="3.7")):
         text = render.render_dockerfile(image, venv_id="0123456789abcdef")
         stage, final = text.split("# Stage 2")
-        assert "COPY wheels" not in text and "/tmp/wheels" not in final
+        assert "COPY wheels" not in text and "wheels" not in final
+        assert stage.startswith("# Rendered") and "\nARG WHEELS\nFROM ${WHEELS} AS wheels\n" in stage
         (install,) = [line for line in stage.splitlines() if line.startswith("RUN --mount")]
-        assert install == "RUN --mount=type=bind,source=wheels,target=/tmp/wheels set -eux; \\"
+        assert install == "RUN --mount=type=bind,from=wheels,source=/wheels,target=/tmp/wheels set -eux; \\"
         assert stage.index(install) < stage.index("--find-links /tmp/wheels") and ": venv-stage 0123456789abcdef; \\" in stage
     assert ": venv-stage unlocked; \\" in render.render_dockerfile(spec)  # `invoke render`, without a lock
     with pytest.raises(render.RenderError):

@@ -16,7 +16,7 @@ import pytest
 
 from torchimages import labels as contract
 from torchimages import pipeline
-from torchimages.engine import BuildError, Cancelled, ImageInfo, RunResult
+from torchimages.engine import BuildError, Cancelled, EngineError, ImageInfo, RunResult
 from torchimages.matrix import load_matrix
 from torchimages.model import BuildResult, ImageSpec
 from torchimages.registry import Manifest, RegistryError, RemoteImage
@@ -65,6 +65,16 @@ class FakeEngine:
     history_of: dict[str, list[str]] = field(default_factory=dict)
     bases_present: bool = True  # False: a fresh engine, which pulls its bases (their registry digest is sha256:b)
     pulled: list[str] = field(default_factory=list)
+    imported: dict[str, list[str]] = field(default_factory=dict)  # wheels image ref -> the files under /wheels
+    wheels_args: list[str | None] = field(default_factory=list)  # each build's WHEELS argument
+    wheels_removed: list[str] = field(default_factory=list)
+
+    def import_image(self, rootfs: Iterable[bytes], ref: str) -> str:
+        with tarfile.open(fileobj=io.BytesIO(b"".join(rootfs))) as tar:
+            names = tar.getnames()
+        assert names[0] == "wheels" and all(name.startswith("wheels/") for name in names[1:]), names
+        self.imported[ref] = [name.removeprefix("wheels/") for name in names[1:]]
+        return f"sha256:{len(self.imported):064x}"
 
     def history(self, ref: str) -> list[str]:
         return self.history_of[self.tags.get(ref, ref)]
@@ -98,15 +108,20 @@ class FakeEngine:
     def build(
         self, context: bytes | Iterable[bytes], *, log: object, labels: dict[str, str] | None = None, on_step: object = None,
         classic: bool = False, keep: str | None = None, on_done: Callable[[str], None] | None = None,
+        buildargs: dict[str, str] | None = None,
     ) -> str:  # fmt: skip
         data = context if isinstance(context, bytes) else b"".join(context)
+        wheels = (buildargs or {}).get("WHEELS")
+        assert classic or (wheels in self.imported and wheels not in self.wheels_removed), f"no wheels image {wheels}"
+        self.wheels_args.append(wheels)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = tar.extractfile("Dockerfile")
             assert member is not None
             dockerfile = member.read().decode()
         stage_step = next((line for line in dockerfile.splitlines() if ": venv-stage " in line), None)
         if on_done and stage_step:  # BuildKit reports the venv stage's install step done, as BuildKit names it
-            self.stage_built(on_done, "[venv 4/4] RUN --mount=type=bind,source=wheels,target=/tmp/wheels set -eux; " + stage_step.strip())
+            mounts = "--mount=type=bind,from=wheels,source=/wheels,target=/tmp/wheels"
+            self.stage_built(on_done, f"[venv 4/4] RUN {mounts} set -eux; " + stage_step.strip())
         parent = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")][-1]  # the image's own stage
         if parent in BASES:  # the image's own Dockerfile: its labels are the promise
             inherited = dict(self.base_labels)
@@ -147,6 +162,9 @@ class FakeEngine:
         return "sha256:" + "d" * 64
 
     def remove_image(self, ref: str, *, force: bool = False) -> None:
+        if ref in self.imported:
+            self.wheels_removed.append(ref)
+            return
         self.removed.append(ref)
         self.images.pop(ref, None)
 
@@ -511,6 +529,49 @@ def test_a_group_builds_with_its_stage_id_then_prunes_that_stage(tmp_path: Path)
     assert engine.kept == ["venv-stage ", None]  # the image's build keeps the venv stage; the seal has none
     # The group's stage, then what else its builds left (another group's stage stays).
     assert engine.pruned == [f"venv-stage {stage};", "all since ['older'] but 'venv-stage '"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_group_sends_its_wheels_once_and_removes_them_when_both_flavours_are_done(tmp_path: Path, jobs: int) -> None:
+    """The wheels cross to the engine once per venv group, as an image that both flavours' builds name in WHEELS;
+    it holds the group's files and goes once the group's last image is done."""
+    devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
+    (tmp_path / "wheelhouse").mkdir()
+    files = ("torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl", "uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl")
+    for name in files:
+        (tmp_path / "wheelhouse" / name).write_bytes(name.encode())
+    engine = Timeline(verify=verify_output(CUDA))
+    engine.second_building.set()
+    wheel_sets: dict[str, WheelSet | WheelError] = {spec.name: WheelSet(lock="torch==2.13.0\n", files=files) for spec in (CUDA, devel)}
+    members = pipeline._members(pipeline.venv_groups([CUDA, devel], wheel_sets), interleave=jobs > 1)
+    console, options = pipeline._Console(io.StringIO().write), pipeline.BuildOptions(out_dir=tmp_path)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [
+            pool.submit(pipeline._build_member, engine, m, wheel_sets, options, console, tmp_path, None, threading.Event())
+            for m in members
+        ]  # fmt: skip
+        assert [f.result().status for f in futures] == ["built", "built"]
+    ((ref, sent),) = engine.imported.items()
+    assert ref.startswith(f"torch-images-wheels:{members[0].stage}-") and sorted(sent) == sorted(files)
+    assert [arg for arg in engine.wheels_args if arg] == [ref, ref]  # both images' builds; the seals have none
+    assert engine.wheels_removed == [ref]
+
+
+def test_an_image_built_on_its_own_removes_its_wheels_image(tmp_path: Path) -> None:
+    engine = FakeEngine(verify=verify_output(CPU))
+    assert build(engine, CPU, tmp_path).status == "built"
+    assert list(engine.imported) == engine.wheels_removed and len(engine.wheels_removed) == 1
+
+
+def test_wheels_the_engine_refuses_fail_the_image_with_the_engines_words(tmp_path: Path) -> None:
+    class Full(FakeEngine):
+        def import_image(self, rootfs: Iterable[bytes], ref: str) -> str:
+            raise EngineError(f"cannot import {ref}: write /var/lib/docker/tmp: no space left on device")
+
+    engine = Full(verify=verify_output(CPU))
+    result = build(engine, CPU, tmp_path)
+    assert result.status == "failed" and "no space left on device" in (result.error or "") and engine.builds == 0
+    assert not engine.tags and not engine.pushed
 
 
 class Timeline(FakeEngine):
