@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TextIO
 
 import docker
@@ -161,6 +162,30 @@ class Engine:
         self._api = self._client.api
         # Set by cancel(): builds, pushes and containers in progress stop at their next chunk or second.
         self.cancelled = threading.Event()
+        self._later: list[threading.Thread] = []
+        self._later_lock = threading.Lock()
+
+    def later(self, cleanup: Callable[[], None]) -> None:
+        """Run a cleanup (build cache records, images) in a thread of its own, beside what comes next; settled() waits
+        for it. Its EngineError is dropped: what it could not remove stays, as when it runs in line."""
+
+        def run() -> None:
+            with suppress(EngineError):
+                cleanup()
+
+        thread = threading.Thread(target=run, name="engine-cleanup", daemon=True)
+        with self._later_lock:
+            self._later.append(thread)
+        thread.start()
+
+    def settled(self) -> None:
+        """Wait for every cleanup later() started."""
+        while True:
+            with self._later_lock:
+                if not self._later:
+                    return
+                thread = self._later.pop(0)
+            thread.join()
 
     def cancel(self) -> None:
         """Stop what runs: a build or push stream is closed (dockerd then cancels it), a container is killed."""
@@ -245,6 +270,7 @@ class Engine:
         drop_cache: bool = True,
         on_done: Callable[[str], None] | None = None,
         buildargs: dict[str, str] | None = None,
+        drop_later: bool = False,
     ) -> str:
         """Build from a context tar (bytes, or chunks streamed as they come); return the image ID.
 
@@ -252,11 +278,13 @@ class Engine:
         (`RUN --mount=type=bind`) instead of copying them into a layer, and `COPY --from` copies a stage's files
         as they are. BuildKit keeps every step's result in its build cache, the context twice over, also once the
         image is gone; with drop_cache, what this build added goes when it ends, except the steps whose command
-        holds keep and the steps under them (a stage the next build reuses: prune_build_cache removes it).
+        holds keep and the steps under them (a stage the next build reuses: prune_build_cache removes it); with
+        drop_later, in a cleanup of its own (later()), so that the caller goes on while dockerd lets the records go.
         classic: Docker's classic builder, for a build of one step (the seal). Output goes to log, in the shape of
         `--progress=plain`; each step to on_step, and each step's name (as BuildKit gives it: `[venv 4/4] RUN …`)
-        to on_done once it has completed, built or taken from the cache (BuildKit only). Wheels travel in the
-        context: nothing is fetched from this machine's network.
+        to on_done once it has completed, built or taken from the cache (BuildKit only). buildargs are the build's
+        arguments (the pipeline's Dockerfiles name their wheels image in WHEELS): nothing is fetched from this
+        machine's network.
         """
         self._check(None, "the build")
         before = None
@@ -277,8 +305,12 @@ class Engine:
             return self._read_build(context, params, log=log, on_step=on_step, classic=classic, on_done=on_done)
         finally:
             if before is not None:
-                with suppress(EngineError):
-                    self.drop_build_cache(before, keep=keep, settle=3)
+                drop = partial(self.drop_build_cache, before, keep=keep, settle=3)
+                if drop_later:
+                    self.later(drop)
+                else:
+                    with suppress(EngineError):
+                        drop()
 
     def _read_build(
         self,
@@ -486,6 +518,17 @@ class Engine:
             tagged = self._api.tag(image_id, repository, tag)
         if not tagged:
             raise EngineError(f"the engine refused to tag {image_id} as {ref}")
+
+    def tags_of(self, repository: str) -> dict[str, float]:
+        """The engine's tags of one repository, each with when its image was made (seconds since the epoch)."""
+        with _engine_errors(f"cannot list the images of {repository}"):
+            images = self._api.images(name=repository)
+        return {
+            str(ref): float(image.get("Created") or 0)
+            for image in images
+            for ref in image.get("RepoTags") or ()
+            if str(ref).startswith(f"{repository}:")
+        }
 
     def import_image(self, rootfs: Iterable[bytes], ref: str) -> str:
         """Make a one-layer image of a root file system tar (`docker import`), sent a chunk at a time as it comes;

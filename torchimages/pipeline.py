@@ -88,6 +88,9 @@ def build_images(
     source = source_labels(ROOT)
     stop = threading.Event()
     registry = registry_client(engine, options)
+    with suppress(EngineError):
+        if stale := remove_stale_wheels(engine):
+            say(f"removed {len(stale)} wheels image(s) that runs killed midway left: {', '.join(stale)}")
     with _interrupts(engine, stop) as received:
         with open(logs / "wheels.log", "w") as wheel_log:
             meter = console.meter("wheels", "downloading")
@@ -111,6 +114,7 @@ def build_images(
             for future in futures:
                 result = future.result()
                 results[result.spec.name] = result
+        engine.settled()  # the builds' and groups' cleanups
     ordered = [results[spec.name] for spec in specs]
     write_reports(ordered, options.out_dir)
     if received:
@@ -218,12 +222,23 @@ def venv_id(key: tuple[str, ...]) -> str:
 WHEELS_REPOSITORY = "torch-images-wheels"
 
 
+def remove_stale_wheels(engine: Engine, *, older_than: float = 6 * 3600) -> list[str]:
+    """Remove the wheels images made more than `older_than` seconds ago; return their tags. A run removes its own
+    once each venv group is done; one killed midway, or whose engine went away, leaves its tag. The age keeps
+    another run's, which it may still be using, out of reach."""
+    stale = [ref for ref, made in engine.tags_of(WHEELS_REPOSITORY).items() if time.time() - made > older_than]
+    for ref in stale:
+        engine.remove_image(ref, force=True)
+    return stale
+
+
 class _Countdown:
     """How many images of a venv group are still to finish, the engine's build cache when the first started, and the
     group's wheels image once one of its builds has sent it."""
 
     def __init__(self, count: int, stage: str = "unlocked") -> None:
-        self._left = count
+        self._count = count
+        self._finished: set[str] = set()
         self._lock = threading.Lock()
         self.cache_before: set[str] | None = None
         self._stage = stage
@@ -264,18 +279,21 @@ class _Countdown:
                 with suppress(EngineError):
                     self.cache_before = engine.build_cache_ids()
 
-    def done(self) -> bool:
-        """Count one finished; True for the last."""
+    def finish(self, name: str) -> bool:
+        """Count an image whose build is over (or that needs none); True once, for the group's last. An image is
+        counted once however often it is named."""
         with self._lock:
-            self._left -= 1
-            return self._left == 0
+            if name in self._finished:
+                return False
+            self._finished.add(name)
+            return len(self._finished) == self._count
 
 
 @dataclass(frozen=True)
 class _Member:
     """One image of a venv group: it builds once the image before it in the group has built its venv stage (the
-    stage is then in the engine's build cache), and the group's last image to finish removes the stage from that
-    cache."""
+    stage is then in the engine's build cache), and once the group's last build is over, the stage goes from that
+    cache and the group's wheels image from the engine."""
 
     spec: ImageSpec
     stage: str  # venv_id of the group
@@ -313,25 +331,34 @@ def _build_member(
     stop: threading.Event,
     registry: RegistryClient | None = None,
 ) -> BuildResult:
+    group = member.group
+
+    def cleanup() -> None:
+        """The group's venv stage; then whatever else its builds left that is no longer in use (a build drops its own
+        records as it ends, but dockerd may not have let them go yet); other groups' stages stay. Then the group's
+        wheels image."""
+        with suppress(EngineError):
+            engine.prune_build_cache(f"{STAGE_MARK}{member.stage};")
+            if group.cache_before is not None:
+                engine.drop_build_cache(group.cache_before, keep=STAGE_MARK)
+        group.release(engine)
+
+    def ended() -> None:
+        """This image's build is over: once the group's last is, its cleanup runs beside that image's verification,
+        tags and push (build_images waits for it before it reports)."""
+        if group.finish(member.spec.name):
+            engine.later(cleanup)
+
     try:
-        member.group.start(engine)
+        group.start(engine)
         spec = member.spec
         return _build_one(
             engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, member.stage,
-            after=member.after, on_built=member.built.set, group=member.group,
+            after=member.after, on_built=member.built.set, group=group, on_ended=ended,
         )  # fmt: skip
     finally:
         member.built.set()
-        if member.group.done():
-            # The group's venv stage; then whatever else its builds left that is no longer in use (a build drops its
-            # own records as it ends, but dockerd may not have let them go yet). Other groups' stages stay. Then the
-            # group's wheels image.
-            with suppress(EngineError):
-                engine.prune_build_cache(f"{STAGE_MARK}{member.stage};")
-                if member.group.cache_before is not None:
-                    engine.drop_build_cache(member.group.cache_before, keep=STAGE_MARK)
-            with suppress(EngineError):
-                member.group.release(engine)
+        ended()
 
 
 def _build_one(
@@ -349,6 +376,7 @@ def _build_one(
     after: threading.Event | None = None,
     on_built: Callable[[], None] | None = None,
     group: _Countdown | None = None,
+    on_ended: Callable[[], None] | None = None,
 ) -> BuildResult:
     started = time.monotonic()
     log_path = logs / f"{spec.name}.log"
@@ -412,11 +440,15 @@ def _build_one(
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.
                 labels = contract.build_labels(inputs, source=source or {}, base_digest=base_digest(base.repo_digests, spec.base_image))
                 mark = f"{STAGE_MARK}{stage};"
-                built = engine.build(
-                    small, log=log, labels=labels, on_step=lambda step: console(spec.name, step), keep=STAGE_MARK,
-                    on_done=(lambda name: on_built() if mark in name else None) if on_built else None,
-                    buildargs={"WHEELS": wheels_ref},
-                )  # fmt: skip
+                try:
+                    built = engine.build(
+                        small, log=log, labels=labels, on_step=lambda step: console(spec.name, step), keep=STAGE_MARK,
+                        on_done=(lambda name: on_built() if mark in name else None) if on_built else None,
+                        buildargs={"WHEELS": wheels_ref}, drop_later=True,
+                    )  # fmt: skip
+                finally:
+                    if on_ended:
+                        on_ended()
                 if on_built:
                     on_built()
                 unsealed.append(built)

@@ -19,6 +19,7 @@ import yaml
 from torchimages.engine import Engine
 from torchimages.matrix import load_matrix
 from torchimages.model import BuildResult
+from torchimages.pipeline import WHEELS_REPOSITORY
 from torchimages.testing.engines import copy_image, scratch_engine
 from torchimages.testing.services import ScratchRegistry, ensure_engine, process_alive
 from torchimages.testing.testenv import in_registry
@@ -224,7 +225,8 @@ def test_dockerd_killed_mid_build_is_one_clear_message_and_the_next_run_works(
     if os.geteuid() != 0 or not pid_file.exists():
         pytest.skip("needs the dockerd that `invoke testenv` runs as root, to kill it and start it again")
     images = [{**yaml.safe_load(FIXTURE.read_text())["images"][0], "apt_packages": ["sl"]}]  # an apt step: a build that takes a while
-    cache_before = engine.build_cache_ids()  # a build cut off with its engine cannot drop its cache records: this test does
+    # A build cut off with its engine cannot drop its cache records, nor the run its wheels image: this test does.
+    cache_before, wheels_before = engine.build_cache_ids(), set(engine.tags_of(WHEELS_REPOSITORY))
     config = _matrix(tmp_path, registry="127.0.0.1:5000", repository="torch-images-test/engine-killed", images=images)
     untag_after(config)
     (spec,) = load_matrix(config).images
@@ -254,6 +256,8 @@ def test_dockerd_killed_mid_build_is_one_clear_message_and_the_next_run_works(
             time.sleep(0.2)
         ensure_engine(print)  # the engine comes back for every test that follows, also when this one fails
         engine.drop_build_cache(cache_before)
+        for ref in set(engine.tags_of(WHEELS_REPOSITORY)) - wheels_before:
+            engine.remove_image(ref, force=True)
     assert process.returncode == 1, output
     assert "Traceback" not in output, output
     record = json.loads((tmp_path / "out1" / "report.json").read_text())["images"][0]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from torchimages.engine import Engine
 from torchimages.labels import BUILD_HASH
+from torchimages.pipeline import WHEELS_REPOSITORY, remove_stale_wheels
+from torchimages.render import context_stream
 from torchimages.testing import services
 from torchimages.testing.containers import prune_untagged_builds
 from torchimages.testing.services import ScratchRegistry
@@ -91,3 +93,18 @@ def test_testenv_prunes_untagged_builds_of_ours_once_they_are_old_enough(engine:
     finally:
         for ref in (tag, *ids):
             engine.remove_image(ref, force=True)
+
+
+def test_a_wheels_image_a_killed_run_left_goes_once_it_is_old_enough(engine: Engine) -> None:
+    """A run removes its wheels image when the group is done; one that a killed run left goes at a later run's start
+    once it is old, and one made just now (another run's, in use) stays."""
+    ref = f"{WHEELS_REPOSITORY}:test-{uuid.uuid4().hex[:12]}"
+    engine.import_image(context_stream({}, wheels={}), ref)
+    try:
+        assert ref not in remove_stale_wheels(engine)  # six hours by default: this one is younger
+        assert engine.image(ref) is not None
+        time.sleep(2)  # the engine dates images in whole seconds
+        assert ref in remove_stale_wheels(engine, older_than=1)
+        assert engine.image(ref) is None
+    finally:
+        engine.remove_image(ref, force=True)

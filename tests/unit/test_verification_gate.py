@@ -7,6 +7,7 @@ import json
 import shlex
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class FakeEngine:
     imported: dict[str, list[str]] = field(default_factory=dict)  # wheels image ref -> the files under /wheels
     wheels_args: list[str | None] = field(default_factory=list)  # each build's WHEELS argument
     wheels_removed: list[str] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # what later() was given, run by settled()
 
     def import_image(self, rootfs: Iterable[bytes], ref: str) -> str:
         with tarfile.open(fileobj=io.BytesIO(b"".join(rootfs))) as tar:
@@ -108,7 +110,7 @@ class FakeEngine:
     def build(
         self, context: bytes | Iterable[bytes], *, log: object, labels: dict[str, str] | None = None, on_step: object = None,
         classic: bool = False, keep: str | None = None, on_done: Callable[[str], None] | None = None,
-        buildargs: dict[str, str] | None = None,
+        buildargs: dict[str, str] | None = None, drop_later: bool = False,
     ) -> str:  # fmt: skip
         data = context if isinstance(context, bytes) else b"".join(context)
         wheels = (buildargs or {}).get("WHEELS")
@@ -170,6 +172,13 @@ class FakeEngine:
 
     def prune_build_cache(self, marker: str) -> None:
         self.pruned.append(marker)
+
+    def later(self, cleanup: Callable[[], None]) -> None:
+        self.cleanups.append(cleanup)
+
+    def settled(self) -> None:
+        while self.cleanups:
+            self.cleanups.pop(0)()
 
     def stage_built(self, on_done: Callable[[str], None], name: str) -> None:
         on_done(name)
@@ -517,7 +526,9 @@ def _run_members(engine: FakeEngine, specs: list[ImageSpec], tmp_path: Path, *, 
             pool.submit(pipeline._build_member, engine, m, wheel_sets, options, console, tmp_path, None, threading.Event())
             for m in members
         ]  # fmt: skip
-        return [future.result() for future in futures]
+        results = [future.result() for future in futures]
+    engine.settled()  # as build_images does
+    return results
 
 
 def test_a_group_builds_with_its_stage_id_then_prunes_that_stage(tmp_path: Path) -> None:
@@ -551,10 +562,40 @@ def test_a_group_sends_its_wheels_once_and_removes_them_when_both_flavours_are_d
             for m in members
         ]  # fmt: skip
         assert [f.result().status for f in futures] == ["built", "built"]
+    assert engine.wheels_removed == [] and len(engine.cleanups) == 1  # the group's cleanup, left to settled()
+    engine.settled()
     ((ref, sent),) = engine.imported.items()
     assert ref.startswith(f"torch-images-wheels:{members[0].stage}-") and sorted(sent) == sorted(files)
     assert [arg for arg in engine.wheels_args if arg] == [ref, ref]  # both images' builds; the seals have none
     assert engine.wheels_removed == [ref]
+
+
+def test_a_groups_cleanup_starts_when_its_last_build_ends_before_that_image_is_verified(tmp_path: Path) -> None:
+    """The stage and the wheels image are not needed once the group's last build is over: their removal runs beside
+    that image's verification, tags and push, not after them."""
+    seen: list[str] = []
+
+    class Watch(FakeEngine):
+        def run(self, image: str, command: list[str], **kwargs: object) -> RunResult:
+            seen.append(f"verify, cleanups pending: {len(self.cleanups)}")
+            return super().run(image, command, **kwargs)  # type: ignore[arg-type]
+
+    devel = next(s for s in MATRIX.images if s.cuda and s.flavour == "devel")
+    engine = Watch(verify=verify_output(CUDA))
+    results = _run_members(engine, [CUDA, devel], tmp_path, jobs=1)
+    assert [r.status for r in results] == ["built", "built"]
+    assert seen == ["verify, cleanups pending: 0", "verify, cleanups pending: 1"]
+    assert len(engine.wheels_removed) == 1 and engine.pruned[0].startswith("venv-stage ")
+
+
+def test_only_wheels_images_older_than_the_limit_are_stale() -> None:
+    class Left(FakeEngine):
+        def tags_of(self, repository: str) -> dict[str, float]:
+            return {f"{repository}:a-killed-run": time.time() - 7 * 3600, f"{repository}:a-run-now": time.time() - 60}
+
+    engine = Left()
+    assert pipeline.remove_stale_wheels(engine) == ["torch-images-wheels:a-killed-run"]  # type: ignore[arg-type]
+    assert engine.removed == ["torch-images-wheels:a-killed-run"]
 
 
 def test_an_image_built_on_its_own_removes_its_wheels_image(tmp_path: Path) -> None:

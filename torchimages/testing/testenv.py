@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from ..engine import Engine
 from ..model import ImageSpec
+from ..pipeline import remove_stale_wheels
 from .containers import prune_old_build_cache, prune_untagged_builds
 from .services import (
     MIRROR,
@@ -32,6 +33,8 @@ def setup(specs: Iterable[ImageSpec], say: Say = print) -> Engine:
     freed = prune_untagged_builds()
     if freed:
         say(f"testenv: removed untagged images of earlier builds: freed {freed / 1e9:.1f} GB")
+    if wheels := remove_stale_wheels(engine, older_than=2 * 3600):
+        say(f"testenv: removed {len(wheels)} wheels image(s) that killed runs left")
     if cache := prune_old_build_cache():
         say(f"testenv: removed build cache records unused for 2 hours: freed {cache / 1e9:.1f} GB")
     ensure_registry(say, keep={spec.repository.removeprefix(f"{REGISTRY}/") for spec in specs})
