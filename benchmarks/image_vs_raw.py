@@ -3,8 +3,8 @@
 For the CPU image of the test matrix, each side on a new, empty dockerd in a network namespace of its own
 (no layer cache), its base copied in beforehand (not timed); the sides alternate, RUNS times each:
 
-- ours: `invoke build --rebuild` of that one image: the build context with its wheels, the venv stage,
-  the image's own steps, verification inside the image and the seal;
+- ours: `invoke build --rebuild` of that one image: its wheels sent to the engine (one image), the build
+  context, the venv stage, the image's own steps, verification inside the image and the seal;
 - raw: one container from the same base installs the same locked wheels (the wheelhouse mounted
   read-only) into a new venv with the build's own installer and options (the lock's uv: `--no-index
   --require-hashes --no-deps --compile-bytecode`), then `docker commit` exports the container's

@@ -240,6 +240,7 @@ class _Countdown:
         self._count = count
         self._finished: set[str] = set()
         self._lock = threading.Lock()
+        self.building = False  # set once one of its images starts a build (a group of unchanged images builds none)
         self.cache_before: set[str] | None = None
         self._stage = stage
         self._wheels_lock = threading.Lock()
@@ -274,8 +275,10 @@ class _Countdown:
                 self.wheels_ref = None
 
     def start(self, engine: Engine) -> None:
+        """An image of the group is about to build: the first notes the engine's build cache as it is."""
         with self._lock:
-            if self.cache_before is None:
+            if not self.building:
+                self.building = True
                 with suppress(EngineError):
                     self.cache_before = engine.build_cache_ids()
 
@@ -337,10 +340,11 @@ def _build_member(
         """The group's venv stage; then whatever else its builds left that is no longer in use (a build drops its own
         records as it ends, but dockerd may not have let them go yet); other groups' stages stay. Then the group's
         wheels image."""
-        with suppress(EngineError):
-            engine.prune_build_cache(f"{STAGE_MARK}{member.stage};")
-            if group.cache_before is not None:
-                engine.drop_build_cache(group.cache_before, keep=STAGE_MARK)
+        if group.building:  # nothing built, nothing to remove: the engine's cache records are others'
+            with suppress(EngineError):
+                engine.prune_build_cache(f"{STAGE_MARK}{member.stage};")
+                if group.cache_before is not None:
+                    engine.drop_build_cache(group.cache_before, keep=STAGE_MARK)
         group.release(engine)
 
     def ended() -> None:
@@ -350,7 +354,6 @@ def _build_member(
             engine.later(cleanup)
 
     try:
-        group.start(engine)
         spec = member.spec
         return _build_one(
             engine, spec, wheel_sets[spec.name], options, console, logs, source, stop, registry, member.stage,
@@ -435,6 +438,7 @@ def _build_one(
                         if stopped():
                             return cancelled("before it started")
                 wheels = {name: options.wheelhouse / name for name in wheel_set.files}
+                group.start(engine)
                 wheels_ref = group.wheels(engine, wheels, say=say, log=log)
                 console(spec.name, "building")
                 # Provenance goes in as build labels, outside the build hash: a new commit alone rebuilds nothing.

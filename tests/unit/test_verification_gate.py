@@ -588,6 +588,15 @@ def test_a_groups_cleanup_starts_when_its_last_build_ends_before_that_image_is_v
     assert len(engine.wheels_removed) == 1 and engine.pruned[0].startswith("venv-stage ")
 
 
+def test_a_group_that_builds_nothing_leaves_the_engines_build_cache_alone(tmp_path: Path) -> None:
+    """Its stage's records, if the engine has any, are another build's (another run's, or Docker's own)."""
+    engine = FakeEngine(verify=verify_output(CPU))
+    assert _run_members(engine, [CPU], tmp_path, jobs=1)[0].status == "built"
+    pruned, builds = list(engine.pruned), engine.builds
+    assert pruned and _run_members(engine, [CPU], tmp_path, jobs=1)[0].status == "unchanged"
+    assert engine.pruned == pruned and engine.builds == builds and len(engine.imported) == 1
+
+
 def test_only_wheels_images_older_than_the_limit_are_stale() -> None:
     class Left(FakeEngine):
         def tags_of(self, repository: str) -> dict[str, float]:
