@@ -139,6 +139,13 @@ def _transient(text: str) -> bool:
     )
 
 
+def _stream_error(chunk: dict[str, Any], default: str = "unknown error") -> str | None:
+    """The error a chunk of an engine's JSON stream (build, push, pull, import) reports, or None."""
+    if "error" not in chunk and "errorDetail" not in chunk:
+        return None
+    return str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message") or default).strip()
+
+
 @contextmanager
 def _engine_errors(what: str) -> Iterator[None]:
     """The SDK's own errors (API answers, lost connections) become EngineError naming what was being done."""
@@ -354,9 +361,7 @@ class Engine:
                 if isinstance(chunk.get("aux"), dict) and "ID" in chunk["aux"]:
                     image_id = str(chunk["aux"]["ID"])
                 self._check(stream, "the build", image_id=image_id)
-                if "error" in chunk or "errorDetail" in chunk:
-                    detail = chunk.get("errorDetail") or {}
-                    message = str(chunk.get("error") or detail.get("message") or "unknown build error").strip()
+                if (message := _stream_error(chunk, "unknown build error")) is not None:
                     log.write(f"\nERROR: {message}\n")
                     failed_step, output = where()
                     raise BuildError(message, step=failed_step, tail=output)
@@ -375,9 +380,13 @@ class Engine:
 
     def _post_build(self, params: dict[str, str], body: bytes | Iterable[bytes]) -> Iterator[dict[str, Any]]:
         """POST /build with the context as the body: docker-py's build() has no BuildKit (`version=2`) parameter."""
+        return self._post_tar("/build", params, body)
+
+    def _post_tar(self, path: str, params: dict[str, str], body: bytes | Iterable[bytes]) -> Iterator[dict[str, Any]]:
+        """POST a tar body (bytes, or chunks sent as they come); the engine's answer, a JSON stream, decoded."""
         api = self._api
         headers = {"Content-Type": "application/x-tar"}
-        response = api._post(api._url("/build"), params=params, data=body, headers=headers, stream=True, timeout=None)
+        response = api._post(api._url(path), params=params, data=body, headers=headers, stream=True, timeout=None)
         api._raise_for_status(response)
         return api._stream_helper(response, decode=True)  # type: ignore[no-any-return]
 
@@ -537,15 +546,9 @@ class Engine:
         self._check(None, f"sending {ref}")
         body = self._until_cancelled(rootfs, f"sending {ref}")
         with _engine_errors(f"cannot import {ref}"):
-            response = self._api._post(
-                self._api._url("/images/create"), data=body, headers={"Content-Type": "application/tar"},
-                params={"fromSrc": "-", "repo": repository, "tag": tag}, stream=True, timeout=None,
-            )  # fmt: skip
-            self._api._raise_for_status(response)
-            for chunk in self._api._stream_helper(response, decode=True):
-                if "error" in chunk or "errorDetail" in chunk:
-                    message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))
-                    raise EngineError(f"cannot import {ref}: {message.strip()}")
+            for chunk in self._post_tar("/images/create", {"fromSrc": "-", "repo": repository, "tag": tag or "latest"}, body):
+                if (message := _stream_error(chunk)) is not None:
+                    raise EngineError(f"cannot import {ref}: {message}")
         info = self.image(ref)
         if info is None:
             raise EngineError(f"the import of {ref} left no image")
@@ -577,9 +580,8 @@ class Engine:
                 if log is not None and "status" in chunk and "progress" not in chunk:
                     log.write(f"{chunk.get('id', '')} {chunk['status']}".strip() + "\n")
                     log.flush()
-                if "error" in chunk or "errorDetail" in chunk:
-                    message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))
-                    raise PushError(f"push of {ref} failed: {message.strip()}", transient=_transient(message))
+                if (message := _stream_error(chunk)) is not None:
+                    raise PushError(f"push of {ref} failed: {message}", transient=_transient(message))
                 aux = chunk.get("aux")
                 if isinstance(aux, dict) and aux.get("Digest"):
                     digest = str(aux["Digest"])
@@ -602,9 +604,8 @@ class Engine:
                 self._check(stream, f"the pull of {ref}")
                 if log is not None and "status" in chunk and "progress" not in chunk:
                     log.write(f"{chunk.get('id', '')} {chunk['status']}".strip() + "\n")
-                if "error" in chunk or "errorDetail" in chunk:
-                    message = str(chunk.get("error") or (chunk.get("errorDetail") or {}).get("message"))
-                    raise PullError(f"pull of {ref} failed: {message.strip()}")
+                if (message := _stream_error(chunk)) is not None:
+                    raise PullError(f"pull of {ref} failed: {message}")
         except docker.errors.APIError as exc:
             raise PullError(f"pull of {ref} failed: {exc.explanation or exc}") from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:

@@ -242,7 +242,7 @@ class _Countdown:
         self._lock = threading.Lock()
         self.building = False  # set once one of its images starts a build (a group of unchanged images builds none)
         self.cache_before: set[str] | None = None
-        self._stage = stage
+        self.stage = stage  # venv_id of the group
         self._wheels_lock = threading.Lock()
         self.wheels_ref: str | None = None
 
@@ -253,7 +253,7 @@ class _Countdown:
         removes only its own); it goes with the group (release)."""
         with self._wheels_lock:
             if self.wheels_ref is None:
-                ref = f"{WHEELS_REPOSITORY}:{self._stage}-{secrets.token_hex(4)}"
+                ref = f"{WHEELS_REPOSITORY}:{self.stage}-{secrets.token_hex(4)}"
                 size = sum(path.stat().st_size for path in files.values())
                 say(f"sending the wheels to the engine as {ref} ({len(files)} files, {size / 1e9:.2f} GB)")
                 started = time.monotonic()
@@ -299,10 +299,14 @@ class _Member:
     cache and the group's wheels image from the engine."""
 
     spec: ImageSpec
-    stage: str  # venv_id of the group
     after: threading.Event | None  # set when the previous image of the group has built its venv stage (or ended)
     built: threading.Event
     group: _Countdown
+
+    @property
+    def stage(self) -> str:
+        """venv_id of the group."""
+        return self.group.stage
 
 
 def _members(groups: dict[tuple[str, ...], list[ImageSpec]], *, interleave: bool = False) -> list[_Member]:
@@ -314,7 +318,7 @@ def _members(groups: dict[tuple[str, ...], list[ImageSpec]], *, interleave: bool
     for key, group in groups.items():
         countdown, after, chain = _Countdown(len(group), venv_id(key)), None, []
         for spec in group:
-            member = _Member(spec=spec, stage=venv_id(key), after=after, built=threading.Event(), group=countdown)
+            member = _Member(spec=spec, after=after, built=threading.Event(), group=countdown)
             chain.append(member)
             after = member.built
         chains.append(chain)
